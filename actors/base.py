@@ -1,0 +1,250 @@
+"""The runtime every actor process shares: its link to the supervisor, its log, its metrics, its lifecycle.
+
+An actor subclass only fills in its own job (`setup`, `tasks`, `state`, `on_control`, `cleanup`); this
+module does the rest, the same way for all of them:
+- dies with its parent: PR_SET_PDEATHSIG(SIGKILL) plus a parent-pid check, so no actor (and no GPU memory)
+  outlives a supervisor that was SIGKILLed;
+- handshake: `hello` on connect, `ready` once `setup` returned (the supervisor's start timeout covers it);
+- heartbeats both ways: answers every `ping` with a `pong` carrying its load, and exits when no ping came
+  for `--sup-timeout` seconds (a hung or gone supervisor);
+- answers `state_req` for the debug bundle and `control` ops; SIGTERM is a graceful stop (`drain` first);
+- keeps the latest tree state the supervisor publishes;
+- pushes cumulative counters and gauges to telemetry every second (dropped, never blocking, if telemetry is
+  down).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ctypes
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from typing import Any, Awaitable
+
+import psutil
+import zmq
+import zmq.asyncio
+
+from ..ipc import jsonlog, messages, sockets
+
+log = logging.getLogger("actor")
+PR_SET_PDEATHSIG = 1
+
+
+class Actor:
+    """Base class; `kind` is the actor's module name, `name` its instance name (rank-0, rank-1, ...)."""
+
+    kind = "actor"
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.name: str = args.name
+        self.run_dir: str = args.run_dir
+        with open(args.config) as f:
+            self.cfg: dict[str, Any] = json.load(f)
+        self.ctx = zmq.asyncio.Context()
+        self.tree: dict[str, Any] = {"actors": {}, "stopping": False}
+        self.counters: dict[str, float] = {}
+        self.gauges: dict[str, float] = {}
+        self.started = time.time()
+        self._stop = asyncio.Event()
+        self._last_ping = time.monotonic()
+        self._ctl_pending: dict[str, asyncio.Future] = {}
+
+    # ---- what subclasses fill in -------------------------------------------------------------------------
+    @classmethod
+    def add_args(cls, parser: argparse.ArgumentParser) -> None:
+        """Actor-specific command-line flags."""
+
+    async def setup(self) -> None:
+        """Bind/connect this actor's own sockets, load what it needs. Runs before `ready` is sent."""
+
+    def tasks(self) -> list[Awaitable[Any]]:
+        """The actor's long-running loops."""
+        return []
+
+    def state(self) -> dict[str, Any]:
+        """A JSON-able snapshot for the debug bundle."""
+        return {}
+
+    def load(self) -> dict[str, Any]:
+        """Small load summary carried by every pong (the supervisor republishes it in the tree state)."""
+        return {}
+
+    async def on_control(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
+        raise ValueError(f"{self.name} does not support control op {op!r}")
+
+    def on_tree(self, tree: dict[str, Any]) -> None:
+        """Called on every tree-state publication from the supervisor."""
+
+    async def drain(self) -> None:
+        """Graceful stop: finish in-flight work (bounded by the supervisor's shutdown timeout)."""
+
+    async def cleanup(self) -> None:
+        """Release what `setup` took."""
+
+    # ---- helpers for subclasses ------------------------------------------------------------------------
+    def count(self, name: str, value: float = 1.0) -> None:
+        self.counters[name] = self.counters.get(name, 0.0) + value
+
+    def msg(self, type: str, **body: Any) -> messages.Message:
+        return messages.make(type, self.name, **body)
+
+    def rank_states(self) -> dict[str, dict[str, Any]]:
+        return {n: a for n, a in self.tree.get("actors", {}).items() if a.get("kind") == "rank"}
+
+    async def supervisor_command(self, op: str, args: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """Run a gptoss-ctl command through our own supervisor link; raises on error or timeout."""
+        m = messages.make("ctl", self.name, op=op, args=args)
+        fut = asyncio.get_running_loop().create_future()
+        self._ctl_pending[m.id] = fut
+        try:
+            await sockets.send(self.sup, m)
+            rep = await asyncio.wait_for(fut, timeout)
+        finally:
+            self._ctl_pending.pop(m.id, None)
+        if not rep["ok"]:
+            raise ValueError(rep["error"])
+        return rep["result"]
+
+    # ---- the runtime -------------------------------------------------------------------------------------
+    async def main(self) -> int:
+        self.sup = sockets.socket(self.ctx, zmq.DEALER, identity=self.name)
+        sockets.connect(self.sup, self.run_dir, "sup")
+        self.sub = sockets.socket(self.ctx, zmq.SUB)
+        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
+        sockets.connect(self.sub, self.run_dir, "pub")
+        self.telemetry = sockets.socket(self.ctx, zmq.PUSH)
+        sockets.connect(self.telemetry, self.run_dir, "telemetry")
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._stop.set)
+        await sockets.send(self.sup, self.msg("hello", name=self.name, pid=os.getpid()))
+        await self.setup()
+        await sockets.send(self.sup, self.msg("ready", name=self.name))
+        self._last_ping = time.monotonic()  # the supervisor starts pinging only once we are ready
+        log.info("actor ready", extra={"event": "ready", "kind": self.kind})
+        loops = [
+            asyncio.ensure_future(c)
+            for c in [self._sup_loop(), self._sub_loop(), self._watchdog(), self._metrics_loop(), *self.tasks()]
+        ]
+        stopper = asyncio.ensure_future(self._stop.wait())
+        done, _ = await asyncio.wait([stopper, *loops], return_when=asyncio.FIRST_COMPLETED)
+        code = 0
+        for task in done:
+            if task is not stopper and task.exception() is not None:
+                log.error("actor loop crashed", exc_info=task.exception(), extra={"event": "crash"})
+                code = 1
+        if code == 0:
+            try:
+                await asyncio.wait_for(self.drain(), timeout=self.args.drain_timeout)
+            except asyncio.TimeoutError:
+                log.warning("drain timed out", extra={"event": "drain_timeout"})
+        for task in loops:
+            task.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
+        await self.cleanup()
+        self.ctx.destroy(linger=0)
+        log.info("actor stopped", extra={"event": "stopped", "code": code})
+        return code
+
+    async def _sup_loop(self) -> None:
+        while True:
+            got = await sockets.recv(self.sup, routed=False, where="sup")
+            if got is None:
+                continue
+            _, m = got
+            if m.type == "ping":
+                self._last_ping = time.monotonic()
+                await sockets.send(self.sup, self.msg("pong", seq=m.body["seq"], load=self.load()))
+            elif m.type == "state_req":
+                await sockets.send(self.sup, messages.make("state", self.name, id=m.id, state=self.full_state()))
+            elif m.type == "control":
+                asyncio.ensure_future(self._control(m))
+            elif m.type == "ctl_rep":
+                fut = self._ctl_pending.pop(m.id, None)
+                if fut is not None and not fut.done():
+                    fut.set_result(m.body)
+            else:
+                log.warning("unexpected message on sup socket", extra={"event": "bad_type", "type": m.type})
+
+    async def _control(self, m: messages.Message) -> None:
+        try:
+            result = await self.on_control(m.body["op"], m.body["args"])
+            rep = messages.make("control_rep", self.name, id=m.id, ok=True, result=result, error=None)
+        except Exception as exc:
+            rep = messages.make("control_rep", self.name, id=m.id, ok=False, result={}, error=str(exc))
+        await sockets.send(self.sup, rep)
+
+    async def _sub_loop(self) -> None:
+        while True:
+            got = await sockets.recv(self.sub, routed=False, where="pub")
+            if got is None or got[1].type != "tree":
+                continue
+            self.tree = got[1].body
+            self.on_tree(self.tree)
+
+    async def _watchdog(self) -> None:
+        parent = self.args.parent_pid
+        while True:
+            await asyncio.sleep(0.5)
+            if parent and os.getppid() != parent:
+                log.error("supervisor is gone; exiting", extra={"event": "orphaned"})
+                os._exit(3)
+            if time.monotonic() - self._last_ping > self.args.sup_timeout:
+                log.error("no heartbeat from supervisor; exiting", extra={"event": "sup_timeout"})
+                os._exit(3)
+
+    async def _metrics_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self.gauges["rss_bytes"] = float(psutil.Process().memory_info().rss)
+            sockets.send_nowait(self.telemetry, self.msg("metrics", counters=self.counters, gauges=self.gauges))
+
+    def full_state(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "pid": os.getpid(),
+            "uptime_s": round(time.time() - self.started, 3),
+            "rss_bytes": psutil.Process().memory_info().rss,
+            "counters": dict(self.counters),
+            **self.state(),
+        }
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:
+        pass  # not Linux: the watchdog's parent-pid poll still catches it within half a second
+    if parent_pid and os.getppid() != parent_pid:
+        os._exit(3)  # the parent died before prctl took effect
+
+
+def run(cls: type[Actor], argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog=f"gptoss.actors.{cls.kind}")
+    parser.add_argument("--name", default=cls.kind)
+    parser.add_argument("--run-dir", required=True)
+    parser.add_argument("--log-dir", default=None)
+    parser.add_argument("--config", required=True, help="effective config JSON written by the supervisor")
+    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--parent-pid", type=int, default=0)
+    parser.add_argument("--sup-timeout", type=float, default=10.0)
+    parser.add_argument("--drain-timeout", type=float, default=30.0)
+    cls.add_args(parser)
+    args = parser.parse_args(argv)
+    _die_with_parent(args.parent_pid)
+    # Ctrl-C in a terminal hits the whole process group; only the supervisor decides how the tree stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    jsonlog.setup(args.name, args.log_dir, args.log_level)
+    try:
+        code = asyncio.run(cls(args).main())
+    except Exception:
+        log.exception("actor failed", extra={"event": "fatal"})
+        code = 1
+    sys.exit(code)

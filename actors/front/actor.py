@@ -1,0 +1,153 @@
+"""Front actor: the HTTP server (aiohttp, explicit AppRunner start-up/clean-up) and its links into the tree.
+
+Sockets: DEALER to the router (generate/abort out, routed/reject in), PULL bound for token deltas from every
+rank, DEALER to the cache. The tokenizer lives here: ranks only ever see token ids.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any, Awaitable
+
+import orjson
+import zmq
+from aiohttp import web
+
+from ...ipc import sockets
+from ..base import Actor
+from .app import make_app
+from .streams import Streams
+
+log = logging.getLogger("front")
+CACHE_TIMEOUT_S = 0.05  # a cache that cannot answer this fast is a miss, never a stall
+
+
+class Front(Actor):
+    kind = "front"
+
+    async def setup(self) -> None:
+        from ...models.loader import load_tokenizer
+
+        self.tokenizer = await asyncio.to_thread(load_tokenizer, Path(self.cfg["model_path"]))
+        self.model_id = served_name(self.cfg["model"])
+        self.draining = False
+        self.router = sockets.socket(self.ctx, zmq.DEALER, identity=self.name)
+        # IMMEDIATE: no queueing for a router that is not connected; the client gets a 503 at once instead
+        # of a request parked in a pipe that dies with the router.
+        self.router.setsockopt(zmq.IMMEDIATE, 1)
+        sockets.connect(self.router, self.run_dir, "router")
+        self.tokens = sockets.socket(self.ctx, zmq.PULL)
+        sockets.bind(self.tokens, self.run_dir, "tokens")
+        self.cache = sockets.socket(self.ctx, zmq.DEALER, identity=self.name)
+        self.cache.setsockopt(zmq.IMMEDIATE, 1)
+        sockets.connect(self.cache, self.run_dir, "cache")
+        self._cache_waits: dict[str, asyncio.Future] = {}
+        http = self.cfg["http"]
+        self.streams = Streams(self._send_generate, self._send_abort,
+                               float(http["request_timeout_s"]), float(http["token_idle_timeout_s"]))
+        self.runner = web.AppRunner(make_app(self), handle_signals=False, access_log=None)
+        await self.runner.setup()
+        self.site = web.TCPSite(self.runner, http["host"], int(http["port"]), reuse_address=True)
+        await self.site.start()
+        log.info("listening", extra={"event": "listening", "host": http["host"], "port": http["port"]})
+
+    def tasks(self) -> list[Awaitable[Any]]:
+        return [self._from_router(), self._from_ranks(), self._from_cache()]
+
+    def load(self) -> dict[str, Any]:
+        return {"inflight": len(self.streams)}
+
+    def state(self) -> dict[str, Any]:
+        return {"inflight": len(self.streams), "draining": self.draining, "model": self.model_id,
+                "requests": sorted(self.streams.pending)[:100]}
+
+    def on_tree(self, tree: dict[str, Any]) -> None:
+        self.streams.on_tree(tree.get("actors", {}))
+
+    def accepting(self) -> bool:
+        return not (self.draining or self.tree.get("stopping"))
+
+    async def drain(self) -> None:
+        """SIGTERM: refuse new requests (503), let the in-flight ones finish; the base bounds the wait."""
+        self.draining = True
+        while len(self.streams):
+            await asyncio.sleep(0.05)
+
+    async def cleanup(self) -> None:
+        await self.runner.cleanup()
+
+    # ---- router and ranks ------------------------------------------------------------------------------
+    def _send_generate(self, req_id: str, prompt_ids: list[int], params: dict[str, Any]) -> bool:
+        m = self.msg("generate", req_id=req_id, prompt_ids=prompt_ids, params=params)
+        return sockets.send_nowait(self.router, m)
+
+    def _send_abort(self, req_id: str) -> None:
+        sockets.send_nowait(self.router, self.msg("abort", req_id=req_id))
+
+    async def _from_router(self) -> None:
+        while True:
+            got = await sockets.recv(self.router, routed=False, where="router")
+            if got is None:
+                self.count("bad_frames_total")
+                continue
+            m = got[1]
+            if m.type == "routed":
+                self.streams.on_routed(m.body["req_id"], m.body["rank"])
+            elif m.type == "reject":
+                b = m.body
+                self.streams.on_error(b["req_id"], b["status"], b["message"], b["code"])
+            else:
+                self.count("bad_frames_total")
+
+    async def _from_ranks(self) -> None:
+        while True:
+            got = await sockets.recv(self.tokens, routed=False, where="tokens")
+            if got is None:
+                self.count("bad_frames_total")
+                continue
+            m = got[1]
+            if m.type == "tokens":
+                if not self.streams.on_tokens(m.body["req_id"], m.body["ids"], m.body["finish"]):
+                    self.count("orphan_tokens_total")
+            elif m.type == "failed":
+                b = m.body
+                self.streams.on_error(b["req_id"], b["status"], b["message"], b["code"])
+            else:
+                self.count("bad_frames_total")
+
+    # ---- response cache ------------------------------------------------------------------------------
+    @staticmethod
+    def cache_key(kind: str, prompt_ids: list[int], params: dict[str, Any]) -> str:
+        return hashlib.sha256(orjson.dumps([kind, prompt_ids, params], option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+    async def cache_get(self, key: str) -> dict[str, Any] | None:
+        fut = asyncio.get_running_loop().create_future()
+        self._cache_waits[key] = fut
+        try:
+            if not sockets.send_nowait(self.cache, self.msg("cache_get", key=key)):
+                return None
+            rep = await asyncio.wait_for(fut, CACHE_TIMEOUT_S)
+            return rep["value"] if rep["hit"] else None
+        except asyncio.TimeoutError:
+            self.count("cache_timeouts_total")
+            return None
+        finally:
+            self._cache_waits.pop(key, None)
+
+    def cache_put(self, key: str, value: dict[str, Any]) -> None:
+        sockets.send_nowait(self.cache, self.msg("cache_put", key=key, value=value))
+
+    async def _from_cache(self) -> None:
+        while True:
+            got = await sockets.recv(self.cache, routed=False, where="cache")
+            if got is None or got[1].type != "cache_rep":
+                continue
+            fut = self._cache_waits.get(got[1].body["key"])
+            if fut is not None and not fut.done():
+                fut.set_result(got[1].body)
+
+
+def served_name(spec: str) -> str:
+    return {"tiny": "gpt-oss-tiny", "20b": "openai/gpt-oss-20b", "120b": "openai/gpt-oss-120b"}.get(spec, spec)

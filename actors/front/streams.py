@@ -1,0 +1,122 @@
+"""Requests the front has in flight, and the rule that none of them ever hangs or vanishes silently.
+
+Each request gets a Pending with its own event queue. Events arrive from three places: the router
+(`routed` / `reject`), the ranks (`tokens` / `failed`, straight from the rank), and the supervisor's tree
+state: a request routed to a rank whose process died or was replaced, or still waiting on a router that
+died, is failed right here, because the messages queued to a dead peer are gone for good.
+Bounded waits on top of that: a first event within the request timeout, then a token at least every idle
+timeout; and an abort goes to the rank whenever a request ends before the rank finished it.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
+
+from .errors import APIError
+
+
+@dataclass
+class Pending:
+    id: str
+    created: float = field(default_factory=time.time)
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    rank: str | None = None
+    rank_pid: int | None = None
+    router_pid: int | None = None
+    finished: bool = False
+
+
+class Streams:
+    def __init__(self, send_generate, send_abort, request_timeout_s: float, idle_timeout_s: float) -> None:
+        self._send_generate = send_generate
+        self._send_abort = send_abort
+        self.request_timeout_s = request_timeout_s
+        self.idle_timeout_s = idle_timeout_s
+        self.pending: dict[str, Pending] = {}
+        self.actors: dict[str, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self.pending)
+
+    def submit(self, prompt_ids: list[int], params: dict[str, Any]) -> Pending:
+        p = Pending(id=f"req-{uuid.uuid4().hex}")
+        p.router_pid = self.actors.get("router", {}).get("pid")
+        if not self._send_generate(p.id, prompt_ids, params):
+            raise APIError(503, "the router is not reachable; retry shortly", "router_unavailable")
+        self.pending[p.id] = p
+        return p
+
+    # ---- events in -------------------------------------------------------------------------------------
+    def on_routed(self, req_id: str, rank: str) -> None:
+        p = self.pending.get(req_id)
+        if p is not None:
+            p.rank = rank
+            p.rank_pid = self.actors.get(rank, {}).get("pid")
+            self._check(p)
+
+    def on_error(self, req_id: str, status: int, message: str, code: str) -> None:
+        p = self.pending.get(req_id)
+        if p is not None:
+            p.queue.put_nowait(APIError(status, message, code))
+
+    def on_tokens(self, req_id: str, ids: list[int], finish: str | None) -> bool:
+        p = self.pending.get(req_id)
+        if p is None:
+            return False
+        p.queue.put_nowait((ids, finish))
+        return True
+
+    def on_tree(self, actors: dict[str, Any]) -> None:
+        self.actors = actors
+        for p in list(self.pending.values()):
+            self._check(p)
+
+    def _check(self, p: Pending) -> None:
+        if p.rank is not None:
+            rank = self.actors.get(p.rank, {})
+            if rank.get("state") != "ready" or (p.rank_pid is not None and rank.get("pid") != p.rank_pid):
+                self._fail(p, f"model rank {p.rank} died during generation", "rank_died")
+        else:
+            router = self.actors.get("router", {})
+            if router.get("state") != "ready" or (p.router_pid is not None and router.get("pid") != p.router_pid):
+                self._fail(p, "the router restarted before the request was placed; retry", "router_died")
+
+    def _fail(self, p: Pending, message: str, code: str) -> None:
+        if not p.finished:
+            p.finished = True  # nothing more will come; no abort is owed to a dead peer
+            p.queue.put_nowait(APIError(503, message, code))
+
+    # ---- events out ------------------------------------------------------------------------------------
+    async def events(self, p: Pending) -> AsyncIterator[tuple[list[int], str | None]]:
+        """Token batches until the finish reason; raises APIError on reject, rank failure or timeout."""
+        deadline = p.created + self.request_timeout_s
+        try:
+            while True:
+                timeout = min(self.idle_timeout_s, deadline - time.time())
+                if timeout <= 0:
+                    raise APIError(504, f"request exceeded {self.request_timeout_s}s", "timeout")
+                try:
+                    ev = await asyncio.wait_for(p.queue.get(), timeout)
+                except asyncio.TimeoutError:
+                    raise APIError(504, f"no token from the model for {self.idle_timeout_s:g}s", "timeout") from None
+                if isinstance(ev, APIError):
+                    p.finished = True
+                    raise ev
+                ids, finish = ev
+                if finish is not None:
+                    p.finished = True
+                yield ids, finish
+                if finish is not None:
+                    return
+        finally:
+            self.release(p)
+
+    def release(self, p: Pending) -> None:
+        """Forget the request; if the rank may still be generating it, tell it to stop."""
+        self.pending.pop(p.id, None)
+        if not p.finished:
+            p.finished = True
+            self._send_abort(p.id)

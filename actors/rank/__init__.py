@@ -1,0 +1,1 @@
+"""rank actor: one OS process per GPU rank (or CPU worker) holding a model and its generation engine."""

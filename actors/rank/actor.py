@@ -1,0 +1,160 @@
+"""Rank actor: holds the model and its engine; takes requests from the router, streams tokens to the front.
+
+Sockets: DEALER (identity = our name) to the router's "ranks" ROUTER for generate/abort in, finished/load
+out; PUSH to the front's "tokens" PULL for token deltas (no hop through the router).
+A request this rank cannot take (queue full, bad parameters) is failed straight to the front with the HTTP
+status to give, and reported finished to the router so its in-flight count stays true.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Awaitable
+
+import zmq
+
+from ...ipc import sockets
+from ...ipc.messages import Message
+from ..base import Actor
+from .engine import Engine, QueueFull
+from .sampling import SamplingParams
+
+log = logging.getLogger("rank")
+LOAD_REPORT_S = 0.5
+
+
+class Rank(Actor):
+    kind = "rank"
+
+    @classmethod
+    def add_args(cls, parser) -> None:
+        parser.add_argument("--rank", type=int, required=True)
+
+    async def setup(self) -> None:
+        import torch
+
+        from ...models.loader import load_model, pick_dtype
+
+        gpu, eng = self.cfg["gpu"], self.cfg["engine"]
+        if torch.cuda.is_available():
+            device = "auto" if gpu["mode"] == "pipeline" else "cuda:0"
+        else:
+            device = "cpu"
+            threads = int(gpu["threads_per_rank"]) or max(1, (os.cpu_count() or 1) // int(gpu["ranks"]))
+            torch.set_num_threads(threads)
+        dtype = pick_dtype("cuda:0" if device != "cpu" else "cpu")
+        started = time.monotonic()
+        model = await asyncio.to_thread(load_model, Path(self.cfg["model_path"]), device, dtype)
+        eos = model.generation_config.eos_token_id
+        eos_ids = eos if isinstance(eos, list) else [eos] if eos is not None else []
+        self.engine = Engine(model, eos_ids, int(eng["max_running"]), int(eng["max_waiting"]), int(eng["max_model_len"]))
+        self.default_max_tokens = int(eng["default_max_tokens"])
+        self.device = str(self.engine.device)
+        log.info("model loaded", extra={"event": "model_loaded", "device": self.device, "dtype": str(dtype),
+                                        "seconds": round(time.monotonic() - started, 2)})
+        self.router = sockets.socket(self.ctx, zmq.DEALER, identity=self.name)
+        sockets.connect(self.router, self.run_dir, "ranks")
+        self.tokens = sockets.socket(self.ctx, zmq.PUSH)
+        sockets.connect(self.tokens, self.run_dir, "tokens")
+        self.wake = asyncio.Event()
+        self.draining = False
+        self.front_pid: int | None = None
+        self.owned: set[str] = set()  # requests taken and not yet finished
+
+    def tasks(self) -> list[Awaitable[Any]]:
+        return [self._requests(), self._engine_loop(), self._report_load()]
+
+    def load(self) -> dict[str, Any]:
+        return {**self.engine.load(), "draining": self.draining}
+
+    def state(self) -> dict[str, Any]:
+        return {"rank": self.args.rank, "device": self.device, **self.load(),
+                "tokens_total": self.engine.tokens_total, "steps_total": self.engine.steps_total,
+                "requests": sorted(self.owned)[:100]}
+
+    def on_tree(self, tree: dict[str, Any]) -> None:
+        # Our streams belong to the front process; when it is replaced, nobody will read them again.
+        pid = tree.get("actors", {}).get("front", {}).get("pid")
+        if self.front_pid is not None and pid != self.front_pid and self.owned:
+            log.warning("front restarted; aborting its requests", extra={"event": "front_gone", "n": len(self.owned)})
+            for req_id in self.owned:
+                self.engine.abort(req_id)
+            self.wake.set()
+        self.front_pid = pid
+
+    async def drain(self) -> None:
+        self.draining = True
+        self._send_load()
+        while self.owned:
+            await asyncio.sleep(0.05)
+
+    async def _requests(self) -> None:
+        while True:
+            got = await sockets.recv(self.router, routed=False, where="ranks")
+            if got is None:
+                self.count("bad_frames_total")
+                continue
+            m = got[1]
+            if m.type == "generate":
+                self._admit(m)
+            elif m.type == "abort":
+                self.engine.abort(m.body["req_id"])
+                self.wake.set()
+            else:
+                self.count("bad_frames_total")
+
+    def _admit(self, m: Message) -> None:
+        req_id = m.body["req_id"]
+        if self.draining:
+            return self._fail(req_id, 503, "this rank is draining; retry", "rank_draining")
+        try:
+            params = SamplingParams.from_wire(m.body["params"], self.default_max_tokens)
+            prompt = [int(t) for t in m.body["prompt_ids"]]
+            self.engine.add(req_id, prompt, params)
+        except QueueFull as exc:
+            return self._fail(req_id, 429, str(exc), "queue_full")
+        except (ValueError, TypeError) as exc:
+            return self._fail(req_id, 400, str(exc), "invalid_request")
+        self.owned.add(req_id)
+        self.count("requests_total")
+        self.wake.set()
+
+    def _fail(self, req_id: str, status: int, message: str, code: str) -> None:
+        self.count("rejected_total")
+        sockets.send_nowait(self.tokens, self.msg("failed", req_id=req_id, status=status, message=message, code=code))
+        sockets.send_nowait(self.router, self.msg("finished", req_id=req_id))
+
+    async def _engine_loop(self) -> None:
+        while True:
+            if not self.engine.has_work():
+                self.wake.clear()
+                await self.wake.wait()
+            try:
+                outputs = await asyncio.to_thread(self.engine.step)
+            except Exception:
+                # A forward that raises (e.g. CUDA OOM) fails the batch it held, not the process.
+                log.exception("engine step failed", extra={"event": "step_failed"})
+                for r in list(self.engine.running):
+                    self._fail(r.id, 500, "generation failed on this rank", "engine_error")
+                    self.owned.discard(r.id)
+                self.engine.running.clear()
+                continue
+            for req_id, ids, finish in outputs:
+                if finish != "abort":
+                    sockets.send_nowait(self.tokens, self.msg("tokens", req_id=req_id, ids=ids, finish=finish))
+                if finish is not None:
+                    self.owned.discard(req_id)
+                    sockets.send_nowait(self.router, self.msg("finished", req_id=req_id))
+            self.count("tokens_total", sum(len(ids) for _, ids, _ in outputs))
+
+    def _send_load(self) -> None:
+        sockets.send_nowait(self.router, self.msg("load", rank=self.name, draining=self.draining, **self.engine.load()))
+
+    async def _report_load(self) -> None:
+        while True:
+            self._send_load()
+            self.gauges.update({k: float(v) for k, v in self.engine.load().items()})
+            await asyncio.sleep(LOAD_REPORT_S)

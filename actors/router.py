@@ -1,0 +1,122 @@
+"""Router actor: picks a rank for each request.
+
+Front DEALER -> our ROUTER ("router") for generate/abort; our ROUTER ("ranks") -> each rank's DEALER
+(identity = rank name). Tokens never pass through here: the rank pushes them straight to the front.
+
+Choice: among ranks the supervisor reports ready and not drained, the one with the fewest requests in flight
+(our own count, corrected by the rank's load reports). Refusals are answered at once with the status the
+front should give: 503 when no rank can serve or host memory is critical.
+The in-flight table is what lets us forget a dead rank's requests; failing those streams is the front's
+job (it watches the same tree state), so a router restart loses nothing that is already on a rank.
+"""
+from __future__ import annotations
+
+from typing import Any, Awaitable
+
+import zmq
+
+from ..ipc import sockets
+from ..ipc.messages import Message
+from .base import Actor, run
+
+
+class Router(Actor):
+    kind = "router"
+
+    async def setup(self) -> None:
+        self.front = sockets.socket(self.ctx, zmq.ROUTER)
+        sockets.bind(self.front, self.run_dir, "router")
+        self.ranks = sockets.socket(self.ctx, zmq.ROUTER)
+        sockets.bind(self.ranks, self.run_dir, "ranks")
+        self.memory = sockets.socket(self.ctx, zmq.SUB)
+        self.memory.setsockopt(zmq.SUBSCRIBE, b"")
+        sockets.connect(self.memory, self.run_dir, "memory")
+        self.pressure = "ok"
+        self.inflight: dict[str, str] = {}  # req_id -> rank
+        self.per_rank: dict[str, int] = {}
+        self.reported: dict[str, dict[str, Any]] = {}  # rank -> its last load message
+
+    def tasks(self) -> list[Awaitable[Any]]:
+        return [self._from_front(), self._from_ranks(), self._pressure()]
+
+    def load(self) -> dict[str, Any]:
+        return {"inflight": len(self.inflight)}
+
+    def state(self) -> dict[str, Any]:
+        return {"inflight": len(self.inflight), "per_rank": dict(self.per_rank), "pressure": self.pressure,
+                "rank_reports": self.reported, "candidates": self.candidates()}
+
+    def candidates(self) -> list[str]:
+        ok = [n for n, a in self.rank_states().items()
+              if a.get("state") == "ready" and not a.get("drained") and not self.reported.get(n, {}).get("draining")]
+        return sorted(ok, key=lambda n: (self.per_rank.get(n, 0), n))
+
+    def on_tree(self, tree: dict[str, Any]) -> None:
+        actors = tree.get("actors", {})
+        for req_id, rank in list(self.inflight.items()):
+            if actors.get(rank, {}).get("state") != "ready":
+                self._forget(req_id)
+
+    def _forget(self, req_id: str) -> None:
+        rank = self.inflight.pop(req_id, None)
+        if rank is not None:
+            self.per_rank[rank] = max(0, self.per_rank.get(rank, 0) - 1)
+
+    async def _from_front(self) -> None:
+        while True:
+            got = await sockets.recv(self.front, routed=True, where="router")
+            if got is None:
+                self.count("bad_frames_total")
+                continue
+            ident, m = got
+            if m.type == "generate":
+                self._route(ident, m)
+            elif m.type == "abort":
+                rank = self.inflight.get(m.body["req_id"])
+                if rank is not None:
+                    sockets.send_nowait(self.ranks, m, to=rank.encode())
+            else:
+                self.count("bad_frames_total")
+
+    def _route(self, ident: bytes, m: Message) -> None:
+        req_id = m.body["req_id"]
+        if self.pressure == "critical":
+            return self._reject(ident, req_id, 503, "host memory is critically low; retry shortly", "memory_pressure")
+        for rank in self.candidates():
+            # ROUTER_MANDATORY makes a send to a rank that is not connected fail here instead of vanishing.
+            if sockets.send_nowait(self.ranks, m, to=rank.encode()):
+                self.inflight[req_id] = rank
+                self.per_rank[rank] = self.per_rank.get(rank, 0) + 1
+                self.count("routed_total")
+                sockets.send_nowait(self.front, self.msg("routed", req_id=req_id, rank=rank), to=ident)
+                return
+        self._reject(ident, req_id, 503, "no model rank is ready to serve; retry shortly", "no_rank_available")
+
+    def _reject(self, ident: bytes, req_id: str, status: int, message: str, code: str) -> None:
+        self.count("rejected_total")
+        sockets.send_nowait(self.front, self.msg("reject", req_id=req_id, status=status, message=message, code=code),
+                            to=ident)
+
+    async def _from_ranks(self) -> None:
+        while True:
+            got = await sockets.recv(self.ranks, routed=True, where="ranks")
+            if got is None:
+                self.count("bad_frames_total")
+                continue
+            _, m = got
+            if m.type == "finished":
+                self._forget(m.body["req_id"])
+            elif m.type == "load":
+                self.reported[m.body["rank"]] = m.body
+            else:
+                self.count("bad_frames_total")
+
+    async def _pressure(self) -> None:
+        while True:
+            got = await sockets.recv(self.memory, routed=False, where="memory")
+            if got is not None and got[1].type == "pressure":
+                self.pressure = got[1].body["level"]
+
+
+if __name__ == "__main__":
+    run(Router)

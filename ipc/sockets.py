@@ -1,0 +1,96 @@
+"""Socket helpers on zmq.asyncio: every socket gets LINGER 0 and bounded queues, and every frame goes
+through the one codec in ipc.messages.
+
+LINGER defaults to "forever" in ZeroMQ, which turns a close with unsent messages into a hung shutdown; we
+never want a message more than we want to exit. High-water marks bound the memory a dead peer's queue may
+hold.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+import zmq
+import zmq.asyncio
+
+from . import endpoints
+from .messages import MAX_FRAME_BYTES, Message, MessageError, decode, encode
+
+log = logging.getLogger(__name__)
+HWM = 10_000
+
+
+def socket(ctx: zmq.asyncio.Context, kind: int, identity: str | None = None) -> zmq.asyncio.Socket:
+    sock = ctx.socket(kind)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, HWM)
+    sock.setsockopt(zmq.RCVHWM, HWM)
+    # ZeroMQ drops a peer that sends a larger message before it reaches us: oversized frames cost nothing.
+    sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_BYTES)
+    if identity is not None:
+        sock.setsockopt(zmq.IDENTITY, identity.encode())
+    if kind == zmq.ROUTER:
+        # Sending to a peer that is gone raises instead of vanishing silently, so we can fail the request.
+        sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        # A restarted actor reconnects with its old identity; it must take the route over from the dead one.
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+    return sock
+
+
+def bind(sock: zmq.asyncio.Socket, run_dir: Path | str, name: str) -> None:
+    """Bind an ipc endpoint, removing a stale socket file first.
+
+    A second bind on the same path silently steals it from a live binder, so callers must only get here
+    once the previous owner is dead (the supervisor waits for a child's exit before restarting it).
+    """
+    p = endpoints.path(run_dir, name)
+    try:
+        os.unlink(p)
+    except FileNotFoundError:
+        pass
+    sock.bind(endpoints.endpoint(run_dir, name))
+
+
+def connect(sock: zmq.asyncio.Socket, run_dir: Path | str, name: str) -> None:
+    sock.connect(endpoints.endpoint(run_dir, name))
+
+
+async def send(sock: zmq.asyncio.Socket, msg: Message, to: bytes | None = None) -> None:
+    frame = encode(msg)
+    if to is None:
+        await sock.send(frame)
+    else:
+        await sock.send_multipart([to, frame])
+
+
+def send_nowait(sock: zmq.asyncio.Socket, msg: Message, to: bytes | None = None) -> bool:
+    """Send without blocking; False when the peer's queue is full or the peer is unroutable."""
+    frame = encode(msg)
+    try:
+        if to is None:
+            sock.send(frame, flags=zmq.NOBLOCK)
+        else:
+            sock.send_multipart([to, frame], flags=zmq.NOBLOCK)
+        return True
+    except (zmq.Again, zmq.ZMQError):
+        return False
+
+
+def parse(frames: list[bytes], routed: bool, where: str) -> tuple[bytes | None, Message] | None:
+    """Decode a received multipart message; log and return None for anything malformed."""
+    try:
+        if routed:
+            if len(frames) != 2:
+                raise MessageError(f"expected [identity, frame], got {len(frames)} parts")
+            return frames[0], decode(frames[1])
+        if len(frames) != 1:
+            raise MessageError(f"expected one frame, got {len(frames)} parts")
+        return None, decode(frames[0])
+    except MessageError as exc:
+        log.warning("dropped malformed message", extra={"event": "bad_frame", "where": where, "error": str(exc)})
+        return None
+
+
+async def recv(sock: zmq.asyncio.Socket, routed: bool, where: str) -> tuple[bytes | None, Message] | None:
+    frames = await sock.recv_multipart()
+    return parse(frames, routed, where)

@@ -30,6 +30,7 @@ def _key_ok(request: web.Request, key: str) -> bool:
 
 def make_app(front: "Front") -> web.Application:
     auth = front.cfg["auth"]
+    max_body = int(front.cfg["http"]["max_body_bytes"])
 
     @web.middleware
     async def errors(request: web.Request, handler):
@@ -37,8 +38,8 @@ def make_app(front: "Front") -> web.Application:
             return await handler(request)
         except APIError as exc:
             return exc.response()
-        except web.HTTPRequestEntityTooLarge as exc:
-            return APIError(413, f"request body too large (limit {exc.max_size} bytes)", "body_too_large").response()
+        except web.HTTPRequestEntityTooLarge:
+            return APIError(413, f"request body too large (limit {max_body} bytes)", "body_too_large").response()
         except web.HTTPMethodNotAllowed as exc:
             return APIError(405, f"method {request.method} not allowed for {request.path}", "method_not_allowed").response()
         except web.HTTPNotFound:
@@ -62,7 +63,7 @@ def make_app(front: "Front") -> web.Application:
             raise APIError(401, "missing or invalid API key (Authorization: Bearer ...)", "invalid_api_key")
         return await handler(request)
 
-    app = web.Application(middlewares=[errors, guard], client_max_size=int(front.cfg["http"]["max_body_bytes"]))
+    app = web.Application(middlewares=[errors, guard], client_max_size=max_body)
     app["front"] = front
 
     async def models(request: web.Request) -> web.Response:

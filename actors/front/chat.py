@@ -95,7 +95,7 @@ def parse_request(front: "Front", body: dict[str, Any]) -> tuple[list[int], dict
         prompt_ids = prompt_ids["input_ids"]
     prompt_ids = [int(t) for t in prompt_ids]
     if max_tokens is None:
-        max_tokens = min(int(front.cfg["engine"]["default_max_tokens"]), max_len - len(prompt_ids))
+        max_tokens = min(int(front.cfg["engine"]["default_max_tokens"]), max(1, max_len - len(prompt_ids)))
     if len(prompt_ids) + max_tokens > max_len:
         raise APIError(400, f"this model's maximum context length is {max_len} tokens; the messages use "
                             f"{len(prompt_ids)} tokens and {max_tokens} more were requested for the completion",

@@ -113,5 +113,5 @@ class Engine:
         else:
             ids = r.out[-1:]
         input_ids = torch.tensor([ids], device=self.device)
-        logits = self.model(input_ids=input_ids, past_key_values=r.cache, use_cache=True, logits_to_keep=1).logits
+        logits = self.model(input_ids=input_ids, cache=r.cache, use_cache=True, logits_to_keep=1).logits
         return sample(logits[0, -1], r.params, r.gen)

@@ -1,0 +1,170 @@
+"""Fault tolerance over a real tree: kill -9 each actor, hang one, and throw garbage at every socket."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import threading
+import time
+
+import openai
+import pytest
+import zmq
+from tree import Tree, chat, wait_for
+
+from gptoss.ipc import endpoints
+
+
+@pytest.fixture(scope="module")
+def tree():
+    t = Tree("--ranks", "1").start()
+    yield t
+    assert t.stop() == 0
+
+
+def recovered(tree: Tree, name: str, old_pid: int, timeout: float = 30.0) -> None:
+    tree.wait_health(200, timeout=timeout,
+                     pred=lambda b: b["actors"][name]["pid"] != old_pid and tree.all_ready(b))
+
+
+def test_kill_rank_during_stream(tree):
+    client = tree.client()
+    old = tree.pid("rank-0")
+    stream = chat(client, "a long answer please", max_tokens=3000, stream=True)
+    got = 0
+    started = None
+    with pytest.raises(openai.APIError) as info:
+        for chunk in stream:
+            got += 1
+            if got == 3:
+                os.kill(old, signal.SIGKILL)
+                started = time.monotonic()
+    assert started is not None and time.monotonic() - started < 5.0, "the stream must end within seconds"
+    assert "died" in str(info.value)
+    # the only rank is gone: not serving, then back after the restart
+    tree.wait_health(503, timeout=5, pred=lambda b: b["actors"]["rank-0"]["state"] != "ready")
+    recovered(tree, "rank-0", old)
+    assert tree.actors()["rank-0"]["restarts"] >= 1
+    assert chat(client).choices[0].finish_reason in ("stop", "length")
+
+
+def test_kill_router_keeps_streams_and_recovers(tree):
+    client = tree.client()
+    old = tree.pid("router")
+    stream = chat(client, "stream through a router crash", max_tokens=200, stream=True)
+    finishes = []
+    for i, chunk in enumerate(stream):
+        if i == 2:
+            os.kill(old, signal.SIGKILL)  # tokens flow rank -> front directly: this stream must survive
+        if chunk.choices and chunk.choices[0].finish_reason:
+            finishes.append(chunk.choices[0].finish_reason)
+    assert finishes in (["stop"], ["length"])
+    tree.wait_health(200, timeout=5, pred=lambda b: b["status"] == "degraded" or b["actors"]["router"]["pid"] != old)
+    recovered(tree, "router", old)
+    assert chat(client).choices[0].finish_reason in ("stop", "length")
+
+
+def test_kill_front_rebinds_port(tree):
+    old = tree.pid("front")
+    port = tree.port
+    os.kill(old, signal.SIGKILL)
+    with pytest.raises(Exception):
+        tree.get("/health")
+    recovered(tree, "front", old)  # /health answers on the same URL again
+    assert json.loads((tree.run_dir / "http.json").read_text())["port"] == port
+    assert chat(tree.client()).choices[0].finish_reason in ("stop", "length")
+
+
+@pytest.mark.parametrize("name", ["telemetry", "cache", "memory_guard"])
+def test_kill_ancillary_actor_keeps_serving(tree, name):
+    old = tree.pid(name)
+    os.kill(old, signal.SIGKILL)
+    # serving never depends on the ancillary actors: requests succeed while it is down or restarting
+    tree.wait_health(200, timeout=5, pred=lambda b: b["actors"][name]["pid"] != old or b["status"] == "degraded")
+    assert chat(tree.client(), temperature=0).choices[0].finish_reason in ("stop", "length")
+    recovered(tree, name, old)
+    assert chat(tree.client(), temperature=0).choices[0].finish_reason in ("stop", "length")
+
+
+def test_hung_actor_is_killed_and_restarted(tree):
+    old = tree.pid("cache")
+    os.kill(old, signal.SIGSTOP)  # alive but silent: only the heartbeat can tell
+    try:
+        recovered(tree, "cache", old, timeout=20)
+    finally:
+        try:
+            os.kill(old, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+    events = [e["event"] for e in tree.log("supervisor")]
+    assert "heartbeat_timeout" in events
+
+
+def _garbage_frames() -> list[list[bytes]]:
+    return [[b"\x00\xff garbage"], [b""], [os.urandom(64)], [b"\x81\xa1v\x02"], [b"a", b"b", b"c"],
+            [b"\xde\xad\xbe\xef" * 1000]]
+
+
+def test_garbage_on_every_socket_leaves_everyone_serving(tree):
+    pids = {n: a["pid"] for n, a in tree.actors().items()}
+    ctx = zmq.Context()
+    kinds = {"sup": zmq.DEALER, "router": zmq.DEALER, "ranks": zmq.DEALER, "tokens": zmq.PUSH,
+             "telemetry": zmq.PUSH, "cache": zmq.DEALER, "pub": zmq.SUB, "memory": zmq.SUB}
+    assert set(kinds) == set(endpoints.SOCKETS), "every bound socket is covered"
+    try:
+        for name, kind in kinds.items():
+            s = ctx.socket(kind)
+            s.setsockopt(zmq.LINGER, 0)
+            if kind == zmq.DEALER:
+                # a peer claiming a real actor's identity must not break it either
+                s.setsockopt(zmq.IDENTITY, b"intruder-" + name.encode())
+            s.connect(endpoints.endpoint(tree.run_dir, name))
+            time.sleep(0.05)
+            for frames in _garbage_frames():
+                if kind == zmq.SUB:
+                    s.setsockopt(zmq.SUBSCRIBE, frames[0][:8])  # all a SUB can send upstream
+                else:
+                    s.send_multipart(frames)
+            s.close()
+        # and raw bytes that are not even ZMTP, straight at each unix socket
+        for name in endpoints.SOCKETS:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:
+                raw.settimeout(2)
+                raw.connect(str(endpoints.path(tree.run_dir, name)))
+                raw.sendall(os.urandom(512))
+    finally:
+        ctx.destroy(linger=0)
+    time.sleep(1.0)
+    assert {n: a["pid"] for n, a in tree.actors().items()} == pids, "no actor may die of garbage"
+    assert tree.all_ready(tree.health()[1])
+    assert chat(tree.client()).choices[0].finish_reason in ("stop", "length")
+    stream = chat(tree.client(), max_tokens=8, stream=True)
+    assert [c for c in stream if c.choices and c.choices[0].finish_reason]
+
+
+def test_many_clients_during_rank_crash_none_hangs(tree):
+    """Every request in flight when the rank dies gets an answer (success or a clear error), none hangs."""
+    client = tree.client(timeout=30.0)
+    results: list[str] = []
+
+    def one(i: int) -> None:
+        try:
+            s = chat(client, f"client {i}", max_tokens=400, stream=True)
+            for _ in s:
+                pass
+            results.append("ok")
+        except openai.APIError as exc:
+            results.append(f"error: {exc}")
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    old = tree.pid("rank-0")
+    os.kill(old, signal.SIGKILL)
+    for t in threads:
+        t.join(20)
+    assert not any(t.is_alive() for t in threads), "a request hung after its rank died"
+    assert len(results) == 6
+    recovered(tree, "rank-0", old)

@@ -1,0 +1,122 @@
+"""The tree's own lifecycle, each test on a fresh tree: graceful stop, supervisor death, escalation,
+systemd notifications over a real NOTIFY_SOCKET, and SIGHUP reload."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from tree import Tree, chat, wait_for
+
+
+def test_sigterm_lets_streams_finish_and_refuses_new_requests():
+    tree = Tree().start()
+    client = tree.client()
+    finishes: list[str] = []
+    first_chunk = threading.Event()
+
+    def stream() -> None:
+        s = chat(client, "finish me", max_tokens=150, stream=True)
+        for c in s:
+            first_chunk.set()
+            if c.choices and c.choices[0].finish_reason:
+                finishes.append(c.choices[0].finish_reason)
+
+    threads = [threading.Thread(target=stream) for _ in range(2)]
+    for t in threads:
+        t.start()
+    assert first_chunk.wait(20)
+    children = tree.actor_processes()
+    tree.signal(signal.SIGTERM)
+    # new work is refused while the in-flight streams drain
+    r = wait_for(lambda: (resp := tree.post("/v1/chat/completions", json={
+        "model": "gpt-oss-tiny", "messages": [{"role": "user", "content": "late"}]})).status_code == 503 and resp,
+        10, "503 for new requests")
+    assert r.json()["error"]["code"] == "shutting_down" and r.headers["Retry-After"]
+    for t in threads:
+        t.join(30)
+    assert finishes == ["length", "length"] or all(f in ("stop", "length") for f in finishes) and len(finishes) == 2
+    assert tree.proc.wait(40) == 0
+    gone, alive = psutil.wait_procs(children, timeout=5)
+    assert not alive
+    tree.stop()
+
+
+def test_kill_9_supervisor_leaves_no_orphans():
+    tree = Tree("--ranks", "2").start()
+    children = tree.actor_processes()
+    assert len(children) == 7
+    tree.proc.kill()
+    gone, alive = psutil.wait_procs(children, timeout=5)
+    assert not alive, f"orphans left: {[p.cmdline() for p in alive]}"
+    tree.stop()
+
+
+def test_essential_actor_failing_stops_tree_nonzero():
+    tree = Tree(config={"supervisor": {"max_restarts": 2, "backoff_initial_s": 0.05}}).start()
+    for _ in range(3):
+        pid = tree.pid("router")
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: tree.proc.poll() is not None or tree.actors()["router"]["pid"] not in (pid, None),
+                 15, "router restart or tree exit")
+    assert tree.proc.wait(40) == 1
+    events = [e["event"] for e in tree.log("supervisor")]
+    assert "actor_failed" in events
+    tree.stop()
+
+
+def test_sd_notify_over_a_real_notify_socket():
+    path = Path(tempfile.mkdtemp(prefix="sd", dir="/tmp")) / "notify"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(0.5)
+    got: list[str] = []
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            try:
+                got.append(sock.recv(4096).decode())
+            except socket.timeout:
+                pass
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    tree = Tree(env={"NOTIFY_SOCKET": str(path), "WATCHDOG_USEC": "1000000"})
+    try:
+        tree.start()
+        wait_for(lambda: any("READY=1" in g for g in got), 10, "READY=1")
+        wait_for(lambda: sum("WATCHDOG=1" in g for g in got) >= 2, 10, "WATCHDOG=1 pings")
+        ready = next(g for g in got if "READY=1" in g)
+        assert "STATUS=" in ready and "actors ready" in ready
+        assert tree.stop() == 0
+        assert any("STOPPING=1" in g for g in got)
+    finally:
+        done.set()
+        reader.join()
+        sock.close()
+
+
+def test_sighup_rolls_ranks_without_downtime():
+    tree = Tree("--ranks", "2").start()
+    old = {n: tree.pid(n) for n in ("rank-0", "rank-1", "front", "router")}
+    tree.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        # one rank at a time: at least one always serves
+        code, body = tree.health()
+        assert code == 200, body
+        if all(body["actors"][n]["pid"] != old[n] for n in ("rank-0", "rank-1")) and tree.all_ready(body):
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("ranks were not rolled")
+    assert tree.pid("front") == old["front"] and tree.pid("router") == old["router"]
+    assert chat(tree.client()).choices[0].finish_reason in ("stop", "length")
+    assert tree.stop() == 0

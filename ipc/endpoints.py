@@ -34,15 +34,15 @@ def default_run_dir() -> Path:
 def prepare_run_dir(run_dir: Path) -> Path:
     """Create the run directory private to this user, or refuse one that others can open."""
     run_dir = Path(run_dir).absolute()
+    longest = max(len(os.fsencode(run_dir / f)) for f in SOCKETS.values())
+    if longest > SUN_PATH_MAX:
+        raise ValueError(f"run dir {run_dir} too long for unix sockets ({longest} > {SUN_PATH_MAX} bytes)")
     run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     st = run_dir.stat()
     if st.st_uid != os.getuid():
         raise PermissionError(f"run dir {run_dir} belongs to uid {st.st_uid}, not {os.getuid()}")
     if stat.S_IMODE(st.st_mode) != 0o700:
         os.chmod(run_dir, 0o700)
-    longest = max(len(str(run_dir / f)) for f in SOCKETS.values())
-    if longest > SUN_PATH_MAX:
-        raise ValueError(f"run dir {run_dir} too long for unix sockets ({longest} > {SUN_PATH_MAX} bytes)")
     return run_dir
 
 

@@ -91,10 +91,13 @@ def make(type: str, src: str, trace: dict[str, Any] | None = None, id: str | Non
 
 def encode(msg: Message) -> bytes:
     _check_body(msg.type, msg.body)
-    frame = msgpack.packb(
-        {"v": VERSION, "t": msg.type, "id": msg.id, "src": msg.src, "ts": msg.ts, "tc": msg.trace, "b": msg.body},
-        use_bin_type=True,
-    )
+    try:
+        frame = msgpack.packb(
+            {"v": VERSION, "t": msg.type, "id": msg.id, "src": msg.src, "ts": msg.ts, "tc": msg.trace, "b": msg.body},
+            use_bin_type=True,
+        )
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise MessageError(f"{msg.type}: body cannot be packed: {exc}") from None
     if len(frame) > MAX_FRAME_BYTES:
         raise MessageError(f"{msg.type} frame of {len(frame)} bytes exceeds {MAX_FRAME_BYTES}")
     return frame
@@ -109,6 +112,9 @@ def decode(frame: bytes) -> Message:
             raw=False,
             strict_map_key=True,
             ext_hook=_no_ext,
+            # msgpack turns ext -1 into a Timestamp without asking ext_hook; refuse it wherever it hides
+            object_hook=_no_timestamp,
+            list_hook=_no_timestamp,
         )
     except MessageError:
         raise
@@ -116,13 +122,13 @@ def decode(frame: bytes) -> Message:
         raise MessageError(f"undecodable frame: {type(exc).__name__}: {exc}") from None
     if not isinstance(raw, dict):
         raise MessageError("frame is not a map")
-    if raw.get("v") != VERSION:
+    if type(raw.get("v")) is not int or raw["v"] != VERSION:
         raise MessageError(f"unknown version {raw.get('v')!r}")
     mtype = raw.get("t")
     if not isinstance(mtype, str) or mtype not in SCHEMAS:
         raise MessageError(f"unknown message type {mtype!r}")
     for key, types in (("id", _STR), ("src", _STR), ("ts", _NUM), ("tc", _MAP), ("b", _MAP)):
-        if not isinstance(raw.get(key), types):
+        if not isinstance(raw.get(key), types) or isinstance(raw.get(key), bool):
             raise MessageError(f"{mtype}: envelope field {key!r} missing or of wrong type")
     _check_body(mtype, raw["b"])
     return Message(type=mtype, body=raw["b"], src=raw["src"], id=raw["id"], ts=float(raw["ts"]), trace=raw["tc"])
@@ -146,3 +152,10 @@ _MISSING = object()
 
 def _no_ext(code: int, data: bytes) -> Any:
     raise MessageError(f"msgpack ext type {code} is not allowed")
+
+
+def _no_timestamp(obj: Any) -> Any:
+    values = obj.values() if isinstance(obj, dict) else obj
+    if any(isinstance(v, msgpack.Timestamp) for v in values):
+        raise MessageError("msgpack timestamps are not allowed")
+    return obj

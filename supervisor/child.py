@@ -14,6 +14,7 @@ from .specs import ChildSpec
 
 # starting: spawned, no `ready` yet; ready: serving; down: exited, restart pending; failed: gave up;
 # stopped: stopped on purpose (shutdown, or a temporary/transient child that exited normally)
+SYSTEMD_VARS = {"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"}
 STATES = ("starting", "ready", "down", "failed", "stopped")
 
 
@@ -62,7 +63,8 @@ class Child:
 
     async def spawn(self, common_args: list[str]) -> asyncio.subprocess.Process:
         cmd = [sys.executable, "-m", self.spec.module, "--name", self.name, *common_args, *self.spec.args]
-        env = {**os.environ, **self.spec.env}
+        # systemd's notify/watchdog variables are the supervisor's alone (NotifyAccess=main)
+        env = {k: v for k, v in os.environ.items() if k not in SYSTEMD_VARS} | self.spec.env
         self.proc = await asyncio.create_subprocess_exec(*cmd, env=env, stdin=asyncio.subprocess.DEVNULL)
         self.pid = self.proc.pid
         self.exit_code = None

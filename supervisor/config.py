@@ -1,4 +1,4 @@
-"""The server configuration: packaged defaults, then the operator's file, then the profile, then flags/env.
+"""The server configuration: packaged defaults, then the profile, then the operator's file, then flags/env.
 
 One plain nested dict is passed around (and to each actor as JSON) so every key in
 configs/server_config.yaml is the one source of truth for names and defaults.
@@ -31,6 +31,7 @@ def defaults() -> dict[str, Any]:
 def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Build the effective config. `overrides` is a nested dict of the flags the operator gave."""
     cfg = defaults()
+    user: dict[str, Any] = {}
     if path is not None:
         user = yaml.safe_load(Path(path).read_text()) or {}
         if not isinstance(user, dict):
@@ -38,12 +39,13 @@ def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None
         unknown = set(user) - set(cfg)
         if unknown:
             raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
-        cfg = _merge(cfg, user)
     overrides = overrides or {}
-    profile = overrides.get("profile", cfg["profile"])
+    profile = overrides.get("profile", user.get("profile", cfg["profile"]))
     if profile not in cfg["profiles"]:
         raise ValueError(f"unknown profile {profile!r}; choose one of {sorted(cfg['profiles'])}")
+    # defaults < profile < the operator's file < flags: what an operator writes always wins over a profile
     cfg = _merge(cfg, cfg["profiles"][profile])
+    cfg = _merge(cfg, user)
     cfg = _merge(cfg, overrides)
     cfg["auth"]["api_key"] = cfg["auth"]["api_key"] or os.environ.get("GPTOSS_API_KEY") or None
     cfg["auth"]["admin_key"] = cfg["auth"]["admin_key"] or os.environ.get("GPTOSS_ADMIN_KEY") or None

@@ -38,11 +38,14 @@ class Notifier:
 
     def watchdog_interval(self) -> float | None:
         """Half of WatchdogSec (systemd's advice), when the watchdog is on and meant for this process."""
-        usec = os.environ.get("WATCHDOG_USEC")
-        pid = os.environ.get("WATCHDOG_PID")
-        if not usec or (pid and int(pid) != os.getpid()):
+        try:
+            usec = int(os.environ.get("WATCHDOG_USEC", "0"))
+            pid = int(os.environ.get("WATCHDOG_PID") or os.getpid())
+        except ValueError:
             return None
-        return int(usec) / 2_000_000
+        if usec <= 0 or pid != os.getpid():
+            return None
+        return usec / 2_000_000
 
     def close(self) -> None:
         if self.sock is not None:

@@ -42,8 +42,8 @@ def visible_gpus() -> list[str]:
     """GPU ids this box offers, without importing torch (the supervisor must never touch CUDA itself)."""
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
     if env is not None:
-        return [g for g in env.split(",") if g.strip() and g.strip() != "-1"]
-    return sorted(p.removeprefix("/dev/nvidia") for p in glob.glob("/dev/nvidia[0-9]*"))
+        return [g.strip() for g in env.split(",") if g.strip() and g.strip() != "-1"]
+    return sorted((p.removeprefix("/dev/nvidia") for p in glob.glob("/dev/nvidia[0-9]*")), key=int)
 
 
 def rank_layout(cfg: dict[str, Any]) -> list[dict[str, str]]:

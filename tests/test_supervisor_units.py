@@ -171,8 +171,6 @@ def test_profile_named_in_the_user_file(clean_env, tmp_path):
     assert cfg["reasoning_effort"] == "low"
 
 
-@pytest.mark.xfail(strict=True, reason="supervisor/config.py merges the profile after the user file, so the "
-                                       "(default) profile silently overwrites a value the operator wrote")
 def test_explicit_user_file_value_beats_the_profile(clean_env, tmp_path):
     cfg = config.load(_write(tmp_path, {"engine": {"max_running": 32}}))
     assert cfg["engine"]["max_running"] == 32

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from aiohttp import web
 
-from .detok import Detokenizer
 from .errors import APIError
+from .harmony import Delta, HarmonyParser
 
 if TYPE_CHECKING:
     from .actor import Front
@@ -120,19 +120,35 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             front.count("cache_hits_total")
             return web.json_response({**cached, "id": resp_id, "created": created})
     pending = front.streams.submit(prompt_ids, params)
-    detok = Detokenizer(front.tokenizer)
+    parser = HarmonyParser(front.tokenizer, pending.id)
+
+    def usage(n: int) -> dict[str, Any]:
+        return {"prompt_tokens": len(prompt_ids), "completion_tokens": n, "total_tokens": len(prompt_ids) + n,
+                "completion_tokens_details": {"reasoning_tokens": parser.reasoning_tokens}}
+
+    def finish_reason(engine_finish: str | None) -> str | None:
+        # harmony's own end (<|call|> → tool_calls, <|return|> → stop) wins; else the engine's (length)
+        return parser.finish_reason or engine_finish
+
     if not stream:
-        text, finish, n = [], None, 0
+        n, finish = 0, None
         async with contextlib.aclosing(front.streams.events(pending)) as events:
             async for ids, finish in events:
                 n += len(ids)
-                text.append(detok.push(ids))
-        text.append(detok.flush())
+                parser.feed(ids)
+        parser.finish()
+        res = parser.result()
+        message: dict[str, Any] = {"role": "assistant", "content": res.content if res.content or not res.tool_calls
+                                   else None}
+        if res.reasoning:
+            message["reasoning_content"] = message["reasoning"] = res.reasoning
+        if res.tool_calls:
+            message["tool_calls"] = [{"id": c.id, "type": "function",
+                                      "function": {"name": c.name, "arguments": c.arguments}} for c in res.tool_calls]
         body = {"id": resp_id, "object": "chat.completion", "created": created, "model": front.model_id,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": "".join(text)},
-                             "finish_reason": finish, "logprobs": None}],
-                "usage": {"prompt_tokens": len(prompt_ids), "completion_tokens": n,
-                          "total_tokens": len(prompt_ids) + n}}
+                "choices": [{"index": 0, "message": message, "finish_reason": finish_reason(finish),
+                             "logprobs": None}],
+                "usage": usage(n)}
         if key is not None:
             front.cache_put(key, body)
         return web.json_response(body)
@@ -152,14 +168,16 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         async with contextlib.aclosing(front.streams.events(pending)) as events:
             async for ids, finish in events:
                 n += len(ids)
-                text = detok.push(ids) + (detok.flush() if finish else "")
-                if text or finish:
-                    await resp.write(chunk({"content": text} if text else {}, finish))
+                deltas = parser.feed(ids) + (parser.finish() if finish else [])
+                out = b"".join(chunk(_delta(d)) for d in deltas)
+                if finish:
+                    out += chunk({}, finish_reason(finish))
+                if out:
+                    await resp.write(out)
         if include_usage:
-            usage = {"prompt_tokens": len(prompt_ids), "completion_tokens": n, "total_tokens": len(prompt_ids) + n}
             await resp.write(b"data: " + orjson.dumps({"id": resp_id, "object": "chat.completion.chunk",
                                                       "created": created, "model": front.model_id, "choices": [],
-                                                      "usage": usage}) + b"\n\n")
+                                                      "usage": usage(n)}) + b"\n\n")
         await resp.write(b"data: [DONE]\n\n")
     except APIError as exc:
         front.count("stream_errors_total")
@@ -169,3 +187,18 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     except ConnectionError:
         front.count("client_disconnects_total")  # the events generator's close already sent the abort
     return resp
+
+
+def _delta(d: Delta) -> dict[str, Any]:
+    """One harmony delta as an OpenAI chunk delta; reasoning goes out under both names clients read."""
+    if d.reasoning is not None:
+        return {"reasoning_content": d.reasoning, "reasoning": d.reasoning}
+    if d.content is not None:
+        return {"content": d.content}
+    call = d.tool_call
+    piece: dict[str, Any] = {"index": call.index, "function": {"arguments": call.arguments}}
+    if call.id is not None:
+        piece["id"], piece["type"] = call.id, "function"
+    if call.name is not None:
+        piece["function"]["name"] = call.name
+    return {"tool_calls": [piece]}

@@ -1,13 +1,13 @@
 """The runtime every actor process shares: its link to the supervisor, its log, its metrics, its lifecycle.
 
-An actor subclass only fills in its own job (`setup`, `tasks`, `state`, `on_control`, `cleanup`); this
+An actor subclass only fills in its own job (`setup`, `tasks`, `state`, `on_tree`, `drain`, `cleanup`); this
 module does the rest, the same way for all of them:
 - dies with its parent: PR_SET_PDEATHSIG(SIGKILL) plus a parent-pid check, so no actor (and no GPU memory)
   outlives a supervisor that was SIGKILLed;
 - handshake: `hello` on connect, `ready` once `setup` returned (the supervisor's start timeout covers it);
 - heartbeats both ways: answers every `ping` with a `pong` carrying its load, and exits when no ping came
   for `--sup-timeout` seconds (a hung or gone supervisor);
-- answers `state_req` for the debug bundle and `control` ops; SIGTERM is a graceful stop (`drain` first);
+- answers `state_req` for the debug bundle; SIGTERM is a graceful stop (`drain` first);
 - keeps the latest tree state the supervisor publishes;
 - pushes cumulative counters and gauges to telemetry every second (dropped, never blocking, if telemetry is
   down).
@@ -23,7 +23,7 @@ import os
 import signal
 import sys
 import time
-from typing import Any, Awaitable
+from typing import Any, Awaitable, Callable
 
 import psutil
 import zmq
@@ -74,9 +74,6 @@ class Actor:
     def load(self) -> dict[str, Any]:
         """Small load summary carried by every pong (the supervisor republishes it in the tree state)."""
         return {}
-
-    async def on_control(self, op: str, args: dict[str, Any]) -> dict[str, Any]:
-        raise ValueError(f"{self.name} does not support control op {op!r}")
 
     def on_tree(self, tree: dict[str, Any]) -> None:
         """Called on every tree-state publication from the supervisor."""
@@ -129,7 +126,12 @@ class Actor:
         log.info("actor ready", extra={"event": "ready", "kind": self.kind})
         loops = [
             asyncio.ensure_future(c)
-            for c in [self._sup_loop(), self._sub_loop(), self._watchdog(), self._metrics_loop(), *self.tasks()]
+            for c in [
+                self.serve(self.sup, "sup", {"ping": self._on_ping, "state_req": self._on_state_req,
+                                             "ctl_rep": self._on_ctl_rep}),
+                self.serve(self.sub, "pub", {"tree": self._on_tree}),
+                self._watchdog(), self._metrics_loop(), *self.tasks(),
+            ]
         ]
         stopper = asyncio.ensure_future(self._stop.wait())
         done, _ = await asyncio.wait([stopper, *loops], return_when=asyncio.FIRST_COMPLETED)
@@ -151,41 +153,40 @@ class Actor:
         log.info("actor stopped", extra={"event": "stopped", "code": code})
         return code
 
-    async def _sup_loop(self) -> None:
+    async def serve(self, sock: zmq.asyncio.Socket, where: str, handlers: dict[str, Callable[..., None]],
+                    routed: bool = False) -> None:
+        """Receive forever on one socket and dispatch by message type (handlers get `(ident, msg)` on a
+        ROUTER, `(msg)` otherwise). Malformed frames and types this socket does not take are counted and
+        dropped: no peer can crash an actor by what it sends."""
         while True:
-            got = await sockets.recv(self.sup, routed=False, where="sup")
-            if got is None:
+            got = await sockets.recv(sock, routed=routed, where=where)
+            if got is None or got[1].type not in handlers:
+                if got is not None:
+                    log.warning("unexpected message type", extra={"event": "bad_type", "where": where,
+                                                                   "type": got[1].type})
+                self.count("bad_frames_total")
                 continue
-            _, m = got
-            if m.type == "ping":
-                self._last_ping = time.monotonic()
-                await sockets.send(self.sup, self.msg("pong", seq=m.body["seq"], load=self.load()))
-            elif m.type == "state_req":
-                await sockets.send(self.sup, messages.make("state", self.name, id=m.id, state=self.full_state()))
-            elif m.type == "control":
-                asyncio.ensure_future(self._control(m))
-            elif m.type == "ctl_rep":
-                fut = self._ctl_pending.pop(m.id, None)
-                if fut is not None and not fut.done():
-                    fut.set_result(m.body)
+            ident, m = got
+            if routed:
+                handlers[m.type](ident, m)
             else:
-                log.warning("unexpected message on sup socket", extra={"event": "bad_type", "type": m.type})
+                handlers[m.type](m)
 
-    async def _control(self, m: messages.Message) -> None:
-        try:
-            result = await self.on_control(m.body["op"], m.body["args"])
-            rep = messages.make("control_rep", self.name, id=m.id, ok=True, result=result, error=None)
-        except Exception as exc:
-            rep = messages.make("control_rep", self.name, id=m.id, ok=False, result={}, error=str(exc))
-        await sockets.send(self.sup, rep)
+    def _on_ping(self, m: messages.Message) -> None:
+        self._last_ping = time.monotonic()
+        sockets.send_nowait(self.sup, self.msg("pong", seq=m.body["seq"], load=self.load()))
 
-    async def _sub_loop(self) -> None:
-        while True:
-            got = await sockets.recv(self.sub, routed=False, where="pub")
-            if got is None or got[1].type != "tree":
-                continue
-            self.tree = got[1].body
-            self.on_tree(self.tree)
+    def _on_state_req(self, m: messages.Message) -> None:
+        sockets.send_nowait(self.sup, messages.make("state", self.name, id=m.id, state=self.full_state()))
+
+    def _on_ctl_rep(self, m: messages.Message) -> None:
+        fut = self._ctl_pending.pop(m.id, None)
+        if fut is not None and not fut.done():
+            fut.set_result(m.body)
+
+    def _on_tree(self, m: messages.Message) -> None:
+        self.tree = m.body
+        self.on_tree(self.tree)
 
     async def _watchdog(self) -> None:
         parent = self.args.parent_pid

@@ -13,6 +13,7 @@ import orjson
 import zmq
 
 from ..ipc import sockets
+from ..ipc.messages import Message
 from .base import Actor, run
 
 
@@ -31,29 +32,19 @@ class Cache(Actor):
         self.bytes = 0
 
     def tasks(self) -> list[Awaitable[Any]]:
-        return [self._serve()]
+        return [self.serve(self.sock, "cache", {"cache_get": self._get, "cache_put": self._put}, routed=True)]
 
-    async def _serve(self) -> None:
-        while True:
-            got = await sockets.recv(self.sock, routed=True, where="cache")
-            if got is None:
-                self.count("bad_frames_total")
-                continue
-            ident, m = got
-            if m.type == "cache_get":
-                key = m.body["key"]
-                hit = key in self.entries
-                if hit:
-                    self.entries.move_to_end(key)
-                self.count("hits_total" if hit else "misses_total")
-                value = self.entries[key][0] if hit else {}
-                sockets.send_nowait(self.sock, self.msg("cache_rep", key=key, hit=hit, value=value), to=ident)
-            elif m.type == "cache_put":
-                self._put(m.body["key"], m.body["value"])
-            else:
-                self.count("bad_frames_total")
+    def _get(self, ident: bytes, m: Message) -> None:
+        key = m.body["key"]
+        hit = key in self.entries
+        if hit:
+            self.entries.move_to_end(key)
+        self.count("hits_total" if hit else "misses_total")
+        value = self.entries[key][0] if hit else {}
+        sockets.send_nowait(self.sock, self.msg("cache_rep", key=key, hit=hit, value=value), to=ident)
 
-    def _put(self, key: str, value: dict[str, Any]) -> None:
+    def _put(self, ident: bytes, m: Message) -> None:
+        key, value = m.body["key"], m.body["value"]
         size = len(orjson.dumps(value))
         if size > self.args.max_bytes:
             return

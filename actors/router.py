@@ -37,7 +37,11 @@ class Router(Actor):
         self.reported: dict[str, dict[str, Any]] = {}  # rank -> its last load message
 
     def tasks(self) -> list[Awaitable[Any]]:
-        return [self._from_front(), self._from_ranks(), self._pressure()]
+        return [
+            self.serve(self.front, "router", {"generate": self._route, "abort": self._abort}, routed=True),
+            self.serve(self.ranks, "ranks", {"finished": self._finished, "load": self._load}, routed=True),
+            self.serve(self.memory, "memory", {"pressure": self._pressure}),
+        ]
 
     def load(self) -> dict[str, Any]:
         return {"inflight": len(self.inflight)}
@@ -62,21 +66,10 @@ class Router(Actor):
         if rank is not None:
             self.per_rank[rank] = max(0, self.per_rank.get(rank, 0) - 1)
 
-    async def _from_front(self) -> None:
-        while True:
-            got = await sockets.recv(self.front, routed=True, where="router")
-            if got is None:
-                self.count("bad_frames_total")
-                continue
-            ident, m = got
-            if m.type == "generate":
-                self._route(ident, m)
-            elif m.type == "abort":
-                rank = self.inflight.get(m.body["req_id"])
-                if rank is not None:
-                    sockets.send_nowait(self.ranks, m, to=rank.encode())
-            else:
-                self.count("bad_frames_total")
+    def _abort(self, ident: bytes, m: Message) -> None:
+        rank = self.inflight.get(m.body["req_id"])
+        if rank is not None:
+            sockets.send_nowait(self.ranks, m, to=rank.encode())
 
     def _route(self, ident: bytes, m: Message) -> None:
         req_id = m.body["req_id"]
@@ -97,25 +90,14 @@ class Router(Actor):
         sockets.send_nowait(self.front, self.msg("reject", req_id=req_id, status=status, message=message, code=code),
                             to=ident)
 
-    async def _from_ranks(self) -> None:
-        while True:
-            got = await sockets.recv(self.ranks, routed=True, where="ranks")
-            if got is None:
-                self.count("bad_frames_total")
-                continue
-            _, m = got
-            if m.type == "finished":
-                self._forget(m.body["req_id"])
-            elif m.type == "load":
-                self.reported[m.body["rank"]] = m.body
-            else:
-                self.count("bad_frames_total")
+    def _finished(self, ident: bytes, m: Message) -> None:
+        self._forget(m.body["req_id"])
 
-    async def _pressure(self) -> None:
-        while True:
-            got = await sockets.recv(self.memory, routed=False, where="memory")
-            if got is not None and got[1].type == "pressure":
-                self.pressure = got[1].body["level"]
+    def _load(self, ident: bytes, m: Message) -> None:
+        self.reported[m.body["rank"]] = m.body
+
+    def _pressure(self, m: Message) -> None:
+        self.pressure = m.body["level"]
 
 
 if __name__ == "__main__":

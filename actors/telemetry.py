@@ -12,6 +12,7 @@ from typing import Any, Awaitable
 import zmq
 
 from ..ipc import sockets
+from ..ipc.messages import Message
 from .base import Actor, run
 
 
@@ -24,20 +25,11 @@ class Telemetry(Actor):
         self.sources: dict[str, dict[str, Any]] = {}
 
     def tasks(self) -> list[Awaitable[Any]]:
-        return [self._collect()]
+        return [self.serve(self.pull, "telemetry", {"metrics": self._on_metrics})]
 
-    async def _collect(self) -> None:
-        while True:
-            got = await sockets.recv(self.pull, routed=False, where="telemetry")
-            if got is None:
-                self.count("bad_frames_total")
-                continue
-            m = got[1]
-            if m.type != "metrics":
-                self.count("bad_frames_total")
-                continue
-            self.sources[m.src] = {"counters": m.body["counters"], "gauges": m.body["gauges"], "ts": m.ts}
-            self.count("metric_reports_total")
+    def _on_metrics(self, m: Message) -> None:
+        self.sources[m.src] = {"counters": m.body["counters"], "gauges": m.body["gauges"], "ts": m.ts}
+        self.count("metric_reports_total")
 
     def state(self) -> dict[str, Any]:
         now = time.time()

@@ -37,8 +37,6 @@ SCHEMAS: dict[str, dict[str, tuple[type, ...]]] = {
     "pong": {"seq": _INT, "load": _MAP},
     "state_req": {},
     "state": {"state": _MAP},
-    "control": {"op": _STR, "args": _MAP},
-    "control_rep": {"ok": _BOOL, "result": _MAP, "error": _OPT_STR},
     # control clients (gptoss-ctl, front's /admin) -> supervisor
     "ctl": {"op": _STR, "args": _MAP},
     "ctl_rep": {"ok": _BOOL, "result": _MAP, "error": _OPT_STR},

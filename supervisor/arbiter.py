@@ -204,7 +204,7 @@ class Arbiter:
             elif m.type == "pong":
                 child.last_pong = time.monotonic()
                 child.load = m.body["load"]
-            elif m.type in ("state", "control_rep"):
+            elif m.type == "state":
                 fut = self._pending.pop(m.id, None)
                 if fut is not None and not fut.done():
                     fut.set_result(m.body)

@@ -11,7 +11,7 @@ import time
 import openai
 import pytest
 import zmq
-from tree import Tree, chat, wait_for
+from tree import Tree, chat
 
 from gptoss.ipc import endpoints
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from gptoss.ipc import endpoints, messages
+from gptoss.ipc import endpoints
 from gptoss.ipc.messages import MAX_FRAME_BYTES, SCHEMAS, VERSION, Message, MessageError, decode, encode, make
 
 # A value of each accepted python type, to build a valid body for any schema (so a new message type added

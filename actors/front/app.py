@@ -40,7 +40,7 @@ def make_app(front: "Front") -> web.Application:
             return exc.response()
         except web.HTTPRequestEntityTooLarge:
             return APIError(413, f"request body too large (limit {max_body} bytes)", "body_too_large").response()
-        except web.HTTPMethodNotAllowed as exc:
+        except web.HTTPMethodNotAllowed:
             return APIError(405, f"method {request.method} not allowed for {request.path}", "method_not_allowed").response()
         except web.HTTPNotFound:
             return APIError(404, f"no route {request.method} {request.path}", "not_found").response()

@@ -89,6 +89,9 @@ def parse_request(front: "Front", body: dict[str, Any]) -> tuple[list[int], dict
         raise APIError(400, "'top_p' must be greater than 0", "invalid_value", "top_p")
     seed = _number(body, "seed", -(2**63), 2**63 - 1, None, integer=True)
     include_usage = bool((body.get("stream_options") or {}).get("include_usage", False))
+    ignore_eos = body.get("ignore_eos", False)  # vLLM's extension, for fixed-length benchmarks
+    if not isinstance(ignore_eos, bool):
+        raise APIError(400, "'ignore_eos' must be a boolean", "invalid_value", "ignore_eos")
     prompt_ids = front.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
                                                      return_dict=False)
     if hasattr(prompt_ids, "input_ids"):
@@ -100,7 +103,8 @@ def parse_request(front: "Front", body: dict[str, Any]) -> tuple[list[int], dict
         raise APIError(400, f"this model's maximum context length is {max_len} tokens; the messages use "
                             f"{len(prompt_ids)} tokens and {max_tokens} more were requested for the completion",
                        "context_length_exceeded", "messages")
-    params = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "seed": seed}
+    params = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "seed": seed,
+              "ignore_eos": ignore_eos}
     return prompt_ids, params, stream, include_usage
 
 

@@ -4,8 +4,10 @@ Each request gets a Pending with its own event queue. Events arrive from three p
 (`routed` / `reject`), the ranks (`tokens` / `failed`, straight from the rank), and the supervisor's tree
 state: a request routed to a rank whose process died or was replaced, or still waiting on a router that
 died, is failed right here, because the messages queued to a dead peer are gone for good.
-Bounded waits on top of that: a first event within the request timeout, then a token at least every idle
-timeout; and an abort goes to the rank whenever a request ends before the rank finished it.
+Bounded waits on top of that: the router must acknowledge (routed/reject) within ROUTE_ACK_S, else the
+request is re-sent once under a fresh id (a message to a just-restarted router can vanish in ZeroMQ; the old id
+is aborted in case it surfaces late); then a token at least every idle timeout, and the whole request within
+the request timeout. An abort goes to the rank whenever a request ends before the rank finished it.
 """
 from __future__ import annotations
 
@@ -17,6 +19,8 @@ from typing import Any, AsyncIterator
 
 from .errors import APIError
 
+ROUTE_ACK_S = 2.0
+
 
 @dataclass
 class Pending:
@@ -27,6 +31,9 @@ class Pending:
     rank_pid: int | None = None
     router_pid: int | None = None
     finished: bool = False
+    prompt_ids: list[int] = field(default_factory=list)
+    params: dict[str, Any] = field(default_factory=dict)
+    resent: bool = False
 
 
 class Streams:
@@ -42,12 +49,22 @@ class Streams:
         return len(self.pending)
 
     def submit(self, prompt_ids: list[int], params: dict[str, Any]) -> Pending:
-        p = Pending(id=f"req-{uuid.uuid4().hex}")
+        p = Pending(id=f"req-{uuid.uuid4().hex}", prompt_ids=prompt_ids, params=params)
+        self._send(p)
+        return p
+
+    def _send(self, p: Pending) -> None:
         p.router_pid = self.actors.get("router", {}).get("pid")
-        if not self._send_generate(p.id, prompt_ids, params):
+        if not self._send_generate(p.id, p.prompt_ids, p.params):
             raise APIError(503, "the router is not reachable; retry shortly", "router_unavailable")
         self.pending[p.id] = p
-        return p
+
+    def _resend(self, p: Pending) -> None:
+        """No acknowledgement from the router: abort the old id (if it arrives late) and send again."""
+        self.pending.pop(p.id, None)
+        self._send_abort(p.id)
+        p.id, p.resent = f"req-{uuid.uuid4().hex}", True
+        self._send(p)
 
     # ---- events in -------------------------------------------------------------------------------------
     def on_routed(self, req_id: str, rank: str) -> None:
@@ -95,12 +112,19 @@ class Streams:
         deadline = p.created + self.request_timeout_s
         try:
             while True:
-                timeout = min(self.idle_timeout_s, deadline - time.time())
+                unacked = p.rank is None and p.queue.empty()
+                timeout = min(ROUTE_ACK_S if unacked else self.idle_timeout_s, deadline - time.time())
                 if timeout <= 0:
                     raise APIError(504, f"request exceeded {self.request_timeout_s}s", "timeout")
                 try:
                     ev = await asyncio.wait_for(p.queue.get(), timeout)
                 except asyncio.TimeoutError:
+                    if unacked and not p.resent:
+                        self._resend(p)
+                        continue
+                    if unacked:
+                        raise APIError(503, "the router did not accept the request; retry shortly",
+                                       "router_unavailable") from None
                     raise APIError(504, f"no token from the model for {self.idle_timeout_s:g}s", "timeout") from None
                 if isinstance(ev, APIError):
                     p.finished = True

@@ -65,7 +65,8 @@ class Rank(Actor):
         self.owned: set[str] = set()  # requests taken and not yet finished
 
     def tasks(self) -> list[Awaitable[Any]]:
-        return [self._requests(), self._engine_loop(), self._report_load()]
+        return [self.serve(self.router, "ranks", {"generate": self._admit, "abort": self._abort}),
+                self._engine_loop(), self._report_load()]
 
     def load(self) -> dict[str, Any]:
         return {**self.engine.load(), "draining": self.draining}
@@ -91,20 +92,9 @@ class Rank(Actor):
         while self.owned:
             await asyncio.sleep(0.05)
 
-    async def _requests(self) -> None:
-        while True:
-            got = await sockets.recv(self.router, routed=False, where="ranks")
-            if got is None:
-                self.count("bad_frames_total")
-                continue
-            m = got[1]
-            if m.type == "generate":
-                self._admit(m)
-            elif m.type == "abort":
-                self.engine.abort(m.body["req_id"])
-                self.wake.set()
-            else:
-                self.count("bad_frames_total")
+    def _abort(self, m: Message) -> None:
+        self.engine.abort(m.body["req_id"])
+        self.wake.set()
 
     def _admit(self, m: Message) -> None:
         req_id = m.body["req_id"]

@@ -165,7 +165,7 @@ class Engine:
         tokens = self._sample(logits)
         for r, token in zip(self.running, tokens):
             r.out.append(token)
-            if token in self.eos_ids or token in r.params.stop_token_ids:
+            if (token in self.eos_ids and not r.params.ignore_eos) or token in r.params.stop_token_ids:
                 r.finish = "stop"
             elif len(r.out) >= r.params.max_tokens or len(r.prompt) + len(r.out) >= self.max_model_len:
                 r.finish = "length"

@@ -19,6 +19,7 @@ class SamplingParams:
     top_k: int = 0
     seed: int | None = None
     stop_token_ids: list[int] = field(default_factory=list)
+    ignore_eos: bool = False
 
     @classmethod
     def from_wire(cls, params: dict[str, Any], default_max_tokens: int) -> "SamplingParams":
@@ -31,6 +32,7 @@ class SamplingParams:
             top_k=int(params.get("top_k", 0)),
             seed=None if params.get("seed") is None else int(params["seed"]),
             stop_token_ids=[int(t) for t in params.get("stop_token_ids", [])],
+            ignore_eos=bool(params.get("ignore_eos", False)),
         )
         if p.max_tokens < 1 or p.temperature < 0 or not 0 < p.top_p <= 1 or p.top_k < 0:
             raise ValueError(f"invalid sampling parameters {params}")

@@ -31,7 +31,7 @@ def recovered(tree: Tree, name: str, old_pid: int, timeout: float = 30.0) -> Non
 def test_kill_rank_during_stream(tree):
     client = tree.client()
     old = tree.pid("rank-0")
-    stream = chat(client, "a long answer please", max_tokens=3000, stream=True)
+    stream = chat(client, "a long answer please", max_tokens=3000, stream=True, extra_body={"ignore_eos": True})
     got = 0
     started = None
     with pytest.raises(openai.APIError) as info:
@@ -52,7 +52,7 @@ def test_kill_rank_during_stream(tree):
 def test_kill_router_keeps_streams_and_recovers(tree):
     client = tree.client()
     old = tree.pid("router")
-    stream = chat(client, "stream through a router crash", max_tokens=200, stream=True)
+    stream = chat(client, "stream through a router crash", max_tokens=200, stream=True, extra_body={"ignore_eos": True})
     finishes = []
     for i, chunk in enumerate(stream):
         if i == 2:
@@ -150,7 +150,7 @@ def test_many_clients_during_rank_crash_none_hangs(tree):
 
     def one(i: int) -> None:
         try:
-            s = chat(client, f"client {i}", max_tokens=400, stream=True)
+            s = chat(client, f"client {i}", max_tokens=400, stream=True, extra_body={"ignore_eos": True})
             for _ in s:
                 pass
             results.append("ok")

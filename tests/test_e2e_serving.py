@@ -196,7 +196,7 @@ def test_logs_are_json_lines_per_actor(tree):
 def test_http_client_disconnect_aborts(tree):
     with httpx.stream("POST", tree.url + "/v1/chat/completions", timeout=30,
                       json={"model": "gpt-oss-tiny", "messages": [{"role": "user", "content": "long"}],
-                            "max_tokens": 3000, "stream": True}) as r:
+                            "max_tokens": 3000, "stream": True, "ignore_eos": True}) as r:
         for line in r.iter_lines():
             if line.startswith("data: {"):
                 break

@@ -82,7 +82,7 @@ def test_round_trip_realistic_messages():
              params={"temperature": 0.7, "top_p": 1.0, "max_tokens": 64, "stop": ["<|return|>"]}),
         make("tokens", "rank-1", req_id="req-1", ids=[200005, 17, 3], finish=None),
         make("tokens", "rank-1", req_id="req-1", ids=[], finish="stop"),
-        make("control_rep", "rank-0", ok=False, result={}, error="not loaded"),
+        make("ctl_rep", "supervisor", ok=False, result={}, error="no such rank"),
         make("pressure", "memory_guard", level="high", host_used_frac=1),  # int is a number too
         make("reject", "router", req_id="r", status=429, message="overloaded", code="rate_limit_exceeded"),
         make("state_req", "supervisor"),

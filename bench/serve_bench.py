@@ -72,6 +72,7 @@ async def run(url: str, concurrency: int, tokens: int) -> dict:
     t0 = time.perf_counter()
     results = await asyncio.gather(*(one(client, i, tokens) for i in range(concurrency)))
     wall = time.perf_counter() - t0
+    await client.close()
     ttfts = sorted(r["ttft"] for r in results)
     total = sum(r["tokens"] for r in results)
     return {"bench": "serve", "concurrency": concurrency, "tokens_per_request": tokens, "output_tokens": total,

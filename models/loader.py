@@ -4,21 +4,32 @@ The server runs on machines without internet access, and a silent hub download o
 would be wrong even where there is some. So a spec resolves only to a directory that already exists (the
 tiny model is built locally), loading passes local_files_only, and HF_HUB_OFFLINE is forced on for this
 process as a second guard for hub code imported later.
+
+Precision: TORCH_DTYPE if set, else bf16 on compute capability >= 8.0, fp16 below, fp32 on CPU. The real
+checkpoints store their expert weights in MXFP4; they stay MXFP4 only where transformers' MXFP4 kernels can
+run (CUDA cc >= 7.5, triton >= 3.4, the `kernels` package, and the kernel repo already in the local cache,
+since `kernels` fetches it from the hub), otherwise they are dequantized at load time (Mxfp4Config(dequantize=
+True)), which costs about 3x the memory; the decision and its reason are logged.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers/huggingface_hub read it at their import
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from . import shapes
 from .tiny import ensure_tiny
 
 if TYPE_CHECKING:
     import torch
+
+log = logging.getLogger("loader")
 
 ALIASES = {"20b": "openai/gpt-oss-20b", "120b": "openai/gpt-oss-120b"}
 
@@ -27,6 +38,8 @@ _DTYPE_NAMES = {
     "float16": "float16", "fp16": "float16", "half": "float16",
     "float32": "float32", "fp32": "float32", "float": "float32",
 }
+# Where transformers' MXFP4 path gets its triton kernels from (kernels.get_kernel, a hub repo).
+MXFP4_KERNEL_REPO = "kernels-community/gpt-oss-triton-kernels"
 
 
 class ModelError(RuntimeError):
@@ -92,8 +105,11 @@ def resolve_model(spec: str) -> Path:
     )
 
 
-def pick_dtype(device: str) -> "torch.dtype":
-    """TORCH_DTYPE if set, else bf16 on CUDA >= 8.0 (Ampere+), fp16 on older CUDA, fp32 elsewhere."""
+def pick_dtype(device: str, capability: tuple[int, int] | None = None) -> torch.dtype:
+    """TORCH_DTYPE if set, else bf16 on CUDA >= 8.0 (Ampere+), fp16 on older CUDA, fp32 elsewhere.
+
+    `capability` lets the supervisor decide from its GPU probe without creating a CUDA context itself.
+    """
     import torch
 
     requested = os.environ.get("TORCH_DTYPE", "").strip().lower()
@@ -104,9 +120,42 @@ def pick_dtype(device: str) -> "torch.dtype":
             )
         return getattr(torch, _DTYPE_NAMES[requested])
     if torch.device(device).type == "cuda":
-        major, _ = torch.cuda.get_device_capability(device)
+        major, _ = capability or torch.cuda.get_device_capability(device)
         return torch.bfloat16 if major >= 8 else torch.float16
     return torch.float32
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    return json.loads((Path(path) / "config.json").read_text())
+
+
+def is_mxfp4(config: dict[str, Any]) -> bool:
+    return (config.get("quantization_config") or {}).get("quant_method") == "mxfp4"
+
+
+def mxfp4_kernels_missing() -> str | None:
+    """Why transformers' MXFP4 kernels cannot run on this host (None when they can), without importing them."""
+    from transformers.utils import is_kernels_available, is_triton_available
+
+    if not is_triton_available("3.4.0"):
+        return "triton >= 3.4 is not installed"
+    if not is_kernels_available():
+        return "the `kernels` package (the version transformers supports) is not installed"
+    repo = hf_hub_cache() / ("models--" + MXFP4_KERNEL_REPO.replace("/", "--")) / "snapshots"
+    if not (repo.is_dir() and any(repo.iterdir())):
+        return f"{MXFP4_KERNEL_REPO} is not in the local cache ({_download_hint(MXFP4_KERNEL_REPO)})"
+    return None
+
+
+def keep_mxfp4(device_type: str, capability: tuple[int, int] | None, kernels_missing: str | None) -> tuple[bool, str]:
+    """Whether an MXFP4 checkpoint stays MXFP4 on this device, and why (for the log and the fit message)."""
+    if device_type != "cuda":
+        return False, "MXFP4 kernels are used on CUDA only; dequantized for CPU"
+    if capability is None or tuple(capability) < (7, 5):
+        return False, f"compute capability {capability} < 7.5 has no MXFP4 kernels; dequantized"
+    if kernels_missing:
+        return False, f"MXFP4 kernels unavailable ({kernels_missing}); dequantized"
+    return True, "MXFP4 kernels available; expert weights stay MXFP4"
 
 
 def load_tokenizer(path: Path):
@@ -115,12 +164,48 @@ def load_tokenizer(path: Path):
     return AutoTokenizer.from_pretrained(path, local_files_only=True)
 
 
-def load_model(path: Path, device: str, dtype: "torch.dtype"):
-    """The model on `device`, in inference mode: eval() and parameters that never record gradients."""
-    from transformers import AutoModelForCausalLM
+def load_model(path: Path, device: str, dtype: torch.dtype, max_memory: dict[int, int] | None = None):
+    """The model on `device` ("cpu", "cuda:N", or "auto" for a pipeline over the visible GPUs within
+    `max_memory`), in inference mode: eval() and parameters that never record gradients."""
+    import torch
+    from transformers import AutoModelForCausalLM, Mxfp4Config
 
+    extra: dict[str, Any] = {}
+    config = read_config(path)
+    if is_mxfp4(config):
+        on_cuda = device != "cpu"
+        capability = min(torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())) \
+            if on_cuda else None
+        keep, why = keep_mxfp4("cuda" if on_cuda else "cpu", capability, mxfp4_kernels_missing())
+        log.info(why, extra={"event": "mxfp4", "keep": keep})
+        extra["quantization_config"] = Mxfp4Config(dequantize=not keep)
     # device_map puts weights straight onto the device instead of staging the whole model in host memory.
-    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype, device_map=device)
+    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype, device_map=device,
+                                                 max_memory=max_memory, **extra)
     model.eval()
     model.requires_grad_(False)
     return model
+
+
+def pipeline_max_memory(free: list[int], kv: int) -> dict[int, int]:
+    """accelerate's max_memory for a pipeline: what each GPU may hold in weights.
+
+    The engine keeps its whole KV store on the first device (where the embeddings land), so GPU 0 gives up
+    the KV budget as well as the activation reserve; the others only the reserve.
+    """
+    return {i: max(0, f - shapes.ACTIVATION_RESERVE - (kv if i == 0 else 0)) for i, f in enumerate(free)}
+
+
+def load_for_rank(path: Path, mode: str, slots: int, max_model_len: int):
+    """(model, dtype) for a rank process: device and precision from what this process sees."""
+    import torch
+
+    if not torch.cuda.is_available():
+        dtype = pick_dtype("cpu")
+        return load_model(path, "cpu", dtype), dtype
+    dtype = pick_dtype("cuda:0")
+    if mode == "pipeline" and torch.cuda.device_count() > 1:
+        kv = shapes.kv_bytes(read_config(path), dtype.itemsize, slots, max_model_len)
+        free = [torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count())]
+        return load_model(path, "auto", dtype, pipeline_max_memory(free, kv)), dtype
+    return load_model(path, "cuda:0", dtype), dtype

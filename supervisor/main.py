@@ -17,6 +17,7 @@ from typing import Any
 
 from ..ipc import endpoints, jsonlog
 from . import config as config_mod
+from . import gpus
 from .arbiter import Arbiter
 from .specs import child_specs
 
@@ -31,8 +32,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--host")
     p.add_argument("--port", type=int)
     p.add_argument("--auto-port", action="store_true", default=None, help="pick a free port (see <run-dir>/http.json)")
-    p.add_argument("--gpu-mode", choices=["single", "pipeline", "tensor", "auto"])
-    p.add_argument("--ranks", type=int)
+    p.add_argument("--gpu-mode", choices=["single", "pipeline", "tensor", "auto"],
+                   help="single: a replica per GPU; pipeline: one replica over several GPUs; auto: by model size "
+                        "and free memory (tensor is not available yet)")
+    p.add_argument("--ranks", type=int, help="rank processes (single: replicas; pipeline: GPU groups)")
     p.add_argument("--api-key", help="guards /v1/* (prefer GPTOSS_API_KEY: flags show in ps)")
     p.add_argument("--admin-key", help="guards /admin/* (prefer GPTOSS_ADMIN_KEY)")
     p.add_argument("--log-dir", type=Path)
@@ -79,6 +82,7 @@ def main(argv: list[str] | None = None) -> None:
         from ..models.loader import resolve_model  # imports torch: only once the config is known good
 
         cfg["model_path"] = str(resolve_model(cfg["model"]))
+        cfg["gpu"].update(gpus.plan(cfg, Path(cfg["model_path"])))  # resolves auto; a model that cannot fit stops here
         specs = child_specs(cfg)
     except Exception as exc:
         print(f"gptoss-serve: {exc}", file=sys.stderr)

@@ -5,10 +5,11 @@ the reverse order (front first, so it can finish in-flight streams while ranks s
 """
 from __future__ import annotations
 
-import glob
-import os
+import socket
 from dataclasses import dataclass, field
 from typing import Any
+
+from .gpus import visible_gpus
 
 # kind, start order, restart type, essential (its failure stops the tree so systemd restarts it)
 TABLE: list[tuple[str, int, str, bool]] = [
@@ -38,16 +39,25 @@ class ChildSpec:
         return f"gptoss.actors.{self.kind}"
 
 
-def visible_gpus() -> list[str]:
-    """GPU ids this box offers, without importing torch (the supervisor must never touch CUDA itself)."""
-    env = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if env is not None:
-        return [g.strip() for g in env.split(",") if g.strip() and g.strip() != "-1"]
-    return sorted((p.removeprefix("/dev/nvidia") for p in glob.glob("/dev/nvidia[0-9]*")), key=int)
+TENSOR_UNAVAILABLE = (
+    "gpu mode 'tensor' is not available yet: its follower ranks need the rank engine to run each step in "
+    "lockstep with rank 0, which it does not do. Use --gpu-mode pipeline to spread one replica over several "
+    "GPUs, or single for one replica per GPU."
+)
 
 
-def rank_layout(cfg: dict[str, Any]) -> list[dict[str, str]]:
-    """Environment of each rank process: which GPUs it sees. CPU workers see none."""
+def free_tcp_port() -> int:
+    """A port for torch.distributed's rendezvous on loopback (the ranks are all on this host)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rank_layout(cfg: dict[str, Any], port: int | None = None) -> list[dict[str, str]]:
+    """Environment of each rank process: which GPUs it sees, and for tensor mode its torch.distributed place.
+
+    `gpu.mode` here is what supervisor.gpus.plan() resolved (auto reads as single when no plan ran).
+    """
     gpus = visible_gpus()
     mode, ranks = cfg["gpu"]["mode"], int(cfg["gpu"]["ranks"])
     if ranks < 1:
@@ -55,20 +65,29 @@ def rank_layout(cfg: dict[str, Any]) -> list[dict[str, str]]:
     if not gpus:
         return [{"CUDA_VISIBLE_DEVICES": ""} for _ in range(ranks)]
     if mode == "pipeline":
-        return [{"CUDA_VISIBLE_DEVICES": ",".join(gpus)}]
+        if len(gpus) % ranks:
+            raise ValueError(f"gpu mode 'pipeline' needs gpu.ranks ({ranks}) to divide the GPU count ({len(gpus)})")
+        size = len(gpus) // ranks
+        return [{"CUDA_VISIBLE_DEVICES": ",".join(gpus[i * size:(i + 1) * size])} for i in range(ranks)]
     if mode == "tensor":
-        raise ValueError("gpu mode 'tensor' is not available yet; use single or pipeline")
-    # single / auto: one replica per GPU, round-robin when more ranks than GPUs were asked for
+        # One process group over all visible GPUs; each process addresses its own as LOCAL_RANK.
+        port = port or free_tcp_port()
+        common = {"CUDA_VISIBLE_DEVICES": ",".join(gpus), "WORLD_SIZE": str(ranks),
+                  "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        return [{**common, "RANK": str(i), "LOCAL_RANK": str(i % len(gpus))} for i in range(ranks)]
+    # single: one replica per GPU, round-robin when more ranks than GPUs were asked for
     return [{"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)]} for i in range(ranks)]
 
 
 def child_specs(cfg: dict[str, Any]) -> list[ChildSpec]:
+    if cfg["gpu"]["mode"] == "tensor":
+        raise ValueError(TENSOR_UNAVAILABLE)
     sup = cfg["supervisor"]
     drain = float(sup["drain_timeout_s"])
     specs: list[ChildSpec] = []
     for kind, order, restart, essential in TABLE:
-        common = dict(kind=kind, order=order, restart=restart, essential=essential,
-                      start_timeout_s=float(sup["start_timeout_s"]), shutdown_timeout_s=drain + 5.0)
+        common = {"kind": kind, "order": order, "restart": restart, "essential": essential,
+                  "start_timeout_s": float(sup["start_timeout_s"]), "shutdown_timeout_s": drain + 5.0}
         if kind == "rank":
             for i, env in enumerate(rank_layout(cfg)):
                 specs.append(ChildSpec(name=f"rank-{i}", args=("--rank", str(i)), env=env,

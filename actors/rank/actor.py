@@ -36,18 +36,15 @@ class Rank(Actor):
     async def setup(self) -> None:
         import torch
 
-        from ...models.loader import load_model, pick_dtype
+        from ...models.loader import load_for_rank
 
         gpu, eng = self.cfg["gpu"], self.cfg["engine"]
-        if torch.cuda.is_available():
-            device = "auto" if gpu["mode"] == "pipeline" else "cuda:0"
-        else:
-            device = "cpu"
+        if not torch.cuda.is_available():
             threads = int(gpu["threads_per_rank"]) or max(1, (os.cpu_count() or 1) // int(gpu["ranks"]))
             torch.set_num_threads(threads)
-        dtype = pick_dtype("cuda:0" if device != "cpu" else "cpu")
         started = time.monotonic()
-        model = await asyncio.to_thread(load_model, Path(self.cfg["model_path"]), device, dtype)
+        model, dtype = await asyncio.to_thread(load_for_rank, Path(self.cfg["model_path"]), gpu["mode"],
+                                               int(eng["max_running"]), int(eng["max_model_len"]))
         eos = model.generation_config.eos_token_id
         eos_ids = eos if isinstance(eos, list) else [eos] if eos is not None else []
         self.engine = Engine(model, eos_ids, int(eng["max_running"]), int(eng["max_waiting"]), int(eng["max_model_len"]))

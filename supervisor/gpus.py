@@ -64,8 +64,11 @@ def _gib(n: float) -> str:
     return f"{n / (1 << 30):.1f} GiB"
 
 
-def plan(cfg: dict[str, Any], model_path: Path, probe: Callable[[list[str]], list[Gpu]] = probe) -> dict[str, Any]:
-    """The `gpu` section the ranks run with ({"mode", "ranks"}); raises ModelError when the model cannot fit."""
+def plan(cfg: dict[str, Any], model_path: Path,
+         measure: Callable[[list[str]], list[Gpu]] | None = None) -> dict[str, Any]:
+    """The `gpu` section the ranks run with ({"mode", "ranks"}); raises ModelError when the model cannot fit.
+
+    `measure` replaces the probe (tests; the default is looked up at call time)."""
     from ..models import shapes
     from ..models.loader import (
         ModelError,
@@ -81,7 +84,7 @@ def plan(cfg: dict[str, Any], model_path: Path, probe: Callable[[list[str]], lis
     if not ids or mode == "tensor":
         # CPU workers (host memory is the operator's to size); tensor is refused with its reason in child_specs.
         return {"mode": "single" if mode == "auto" else mode, "ranks": ranks}
-    gpus = probe(ids)
+    gpus = (measure or probe)(ids)
     capability = min(g.capability for g in gpus)
     dtype = pick_dtype("cuda", capability)
     config, eng = read_config(model_path), cfg["engine"]

@@ -39,9 +39,9 @@ if importlib.util.find_spec("gptoss") is None:
     sys.modules["gptoss"] = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(sys.modules["gptoss"])
 
-from gptoss.actors.rank.engine import Engine  # noqa: E402
-from gptoss.actors.rank.sampling import SamplingParams  # noqa: E402
-from gptoss.models.shapes import GPT_OSS_20B, GiB, param_counts  # noqa: E402
+from gptoss.actors.rank.engine import Engine
+from gptoss.actors.rank.sampling import SamplingParams
+from gptoss.models.shapes import GPT_OSS_20B, GiB, param_counts
 
 # Tiny shapes with the same structure (alternating sliding/full layers, sinks, MoE, YaRN) for the smoke run.
 TINY = {**GPT_OSS_20B, "vocab_size": 1024, "hidden_size": 64, "intermediate_size": 64, "num_hidden_layers": 2,

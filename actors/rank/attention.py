@@ -1,24 +1,31 @@
-"""Slot KV store and the packed (varlen) attention the batched engine plugs into transformers.
+"""Paged KV cache and the packed (varlen) attention the batched engine plugs into transformers.
 
 Why this shape: one step of the engine runs ONE forward of the stock `GptOssForCausalLM` over a packed
-sequence `[1, T]` that holds every running request's new tokens back to back (one token per decoding
-request, the whole prompt for a request that joins this step). The model code is untouched; only the
+sequence `[1, T]` holding every scheduled request's new tokens back to back (one token per decoding
+request, a prefill chunk for a request still reading its prompt). The model code is untouched; only the
 attention function is ours, registered with transformers' `AttentionInterface` under `ATTN_NAME`. Each
 step passes a `StepBatch` through the forward's **kwargs (transformers hands them to the attention
-function); the function writes the layer's new K/V into the store and attends:
+function); the function writes the layer's new K/V into the cache and attends:
 
-- decode tokens (one per request): batched over requests, gathering each request's cached keys;
-- prefill tokens: per joining request, causal attention over its own prompt.
+- decode tokens (segments of one token): batched over requests, each reading its cached keys;
+- prefill chunks (segments of n > 1 tokens starting at `first_pos`, maybe with a cached prefix): batched
+  in padded groups, each query reading the chunk's cached prefix and the chunk itself causally.
 
 Both follow `eager_attention_forward` of modeling_gpt_oss exactly: logits = q·k * scaling, masked
 positions excluded, the learned per-head sink `module.sinks` appended as an extra logit column, softmax
 after subtracting the row max, the sink column dropped. Sliding layers (`module.sliding_window`, 128)
 see key positions k with q - window < k <= q, as in transformers' sliding mask.
 
-KV store: allocated once. Full-attention layers keep `[slots, max_model_len, kv_heads, head_dim]`; sliding
-layers keep only a ring of `window` positions per slot (position p lives at p % window), which is all they
-can ever read, so their memory does not grow with max_model_len. Stores are zero-filled so unwritten
-entries are finite (masked weights are exactly 0, and 0 * finite = 0).
+KV layout (`KVCache`):
+- full-attention layers are paged: one pool `[num_blocks * block_size, kv_heads, head_dim]` per layer,
+  addressed through each request's block table (block_manager.py; mirrored on the device in `tables`,
+  one row per running slot). Memory follows the tokens actually held, not max_model_len per request.
+- sliding layers keep a ring of `window` positions per running slot (position p at p % window). A sliding
+  layer can never read further back than the window, so a ring is the most it will ever need: paging it
+  would only add indirection (there is no prefix sharing to gain from), and its memory is bounded by
+  max_running * window whatever the lengths. A chunk writes positions that may overwrite ring entries its
+  own earlier queries still need, so chunks gather their cached prefix BEFORE this layer's writes.
+Pools are zero-filled so unread or padded entries are finite (masked weights are exactly 0, 0 * finite = 0).
 
 When a forward carries no `StepBatch` (e.g. `model.generate` on the same model object), the function
 falls back to the model's previous attention implementation, so sharing the model stays safe.
@@ -38,23 +45,36 @@ from transformers.models.gpt_oss.modeling_gpt_oss import eager_attention_forward
 
 ATTN_NAME = "gptoss_engine"
 _FALLBACK: dict[int, str] = {}  # id(config) -> attention implementation before the engine took it
+# A prefill group's attention logits are computed in query tiles of at most this many bytes, so a long
+# chunk over a long prefix cannot allocate [heads, chunk, prefix] at once (the engine's activation
+# headroom counts on this bound).
+ATTN_TILE_BYTES = 256 * 1024 * 1024
 
 
-class KVStore:
-    """Per-layer K and V tensors for `slots` concurrent requests."""
+def kv_bytes_per_token(config: Any, dtype: torch.dtype) -> int:
+    """Bytes one token position costs in the paged (full-attention) layers: K and V of each such layer."""
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    full = sum(1 for t in config.layer_types if t != "sliding_attention")
+    return 2 * full * config.num_key_value_heads * head_dim * torch.empty((), dtype=dtype).element_size()
 
-    def __init__(self, config: Any, slots: int, max_model_len: int, device: torch.device, dtype: torch.dtype) -> None:
-        self.slots = slots
-        self.max_model_len = max_model_len
+
+class KVCache:
+    """Per-layer K and V pools: paged for full layers, one ring per running slot for sliding layers."""
+
+    def __init__(self, config: Any, num_blocks: int, block_size: int, slots: int, max_model_len: int,
+                 device: torch.device, dtype: torch.dtype) -> None:
+        self.block_size = block_size
         self.kv_heads = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         self.window = min(int(config.sliding_window or max_model_len), max_model_len)
         self.layer_types = list(config.layer_types)
+        # block tables of the running slots, written by the engine as blocks are added (unused entries 0)
+        self.tables = torch.zeros((slots, -(-max_model_len // block_size)), dtype=torch.long, device=device)
         self.k: list[torch.Tensor] = []
         self.v: list[torch.Tensor] = []
         for t in self.layer_types:
-            length = self.window if t == "sliding_attention" else max_model_len
-            shape = (slots, length, self.kv_heads, self.head_dim)
+            rows = slots * self.window if t == "sliding_attention" else num_blocks * block_size
+            shape = (rows, self.kv_heads, self.head_dim)
             self.k.append(torch.zeros(shape, device=device, dtype=dtype))
             self.v.append(torch.zeros(shape, device=device, dtype=dtype))
 
@@ -63,57 +83,134 @@ class KVStore:
 
 
 @dataclass
+class _Group:
+    """Prefill chunks attended together, padded to `Nmax` queries and `P` prefix keys."""
+
+    q_idx: torch.Tensor  # [c, Nmax] flat token index of each query (padding repeats the chunk's last token)
+    keep: torch.Tensor  # [k] rows of the flattened [c * Nmax] output that are real tokens
+    out_idx: torch.Tensor  # [k] their flat token indices
+    pre_idx: torch.Tensor | None  # [c, P] cache rows of the cached prefix (None: no chunk has one)
+    hidden: torch.Tensor  # [c, 1, 1, Nmax, P + Nmax] bool, True where the key is NOT visible
+
+
+@dataclass
 class _LayerPlan:
-    write_src: torch.Tensor  # flat token indices whose K/V are stored
-    write_dst: torch.Tensor  # flat indices into the store viewed as [slots * length, kvh, d]
-    dec_gather: torch.Tensor | None  # [n_dec, Lb] flat store indices read by decode tokens
-    dec_mask: torch.Tensor | None  # [n_dec, 1, 1, Lb] bool, True where the key is visible
+    write_src: torch.Tensor | None  # flat token indices whose K/V are stored (None: every token)
+    write_dst: torch.Tensor  # cache rows they go to
+    dec_gather: torch.Tensor | None  # [n_dec, Lb] cache rows read by decode tokens
+    dec_hidden: torch.Tensor | None  # [n_dec, 1, 1, 1, Lb] bool, True where the key is NOT visible
+    groups: list[_Group]
 
 
 class StepBatch:
-    """What one packed forward needs: where each token sits, what each decode token reads.
+    """What one packed forward needs, computed once per step for all layers of a kind.
 
-    `seqs` is a list of (slot, start, new_tokens, first_pos): the request in `slot` contributes flat
-    tokens [start, start + new_tokens) at positions first_pos.. . new_tokens == 1 with first_pos > 0 is a
-    decode; anything else a prefill (first_pos == 0: no cached prefix).
+    `segs` lists (slot, start, n, first_pos): the request in `slot` contributes flat tokens
+    [start, start + n) at positions first_pos.. ; `positions` is the packed position_ids row [T].
+    A one-token segment is a decode (it may read positions < first_pos); longer ones are prefill chunks.
+    The cache's block tables must already cover every position written this step.
     """
 
-    def __init__(self, store: KVStore, seqs: list[tuple[int, int, int, int]], device: torch.device) -> None:
-        self.store = store
-        dec = [s for s in seqs if s[3] > 0]
-        self.prefills = [(slot, start, n) for slot, start, n, first in seqs if first == 0]
-        assert all(s[2] == 1 for s in dec), "only whole-prompt prefill and one-token decode are packed"
-        self.dec_idx = torch.tensor([s[1] for s in dec], dtype=torch.long, device=device)
-        self.n_dec = len(dec)
-        dec_slots = torch.tensor([s[0] for s in dec], dtype=torch.long)
-        dec_pos = torch.tensor([s[3] for s in dec], dtype=torch.long)
+    def __init__(self, cache: KVCache, segs: list[tuple[int, int, int, int]], positions: torch.Tensor) -> None:
+        self.cache = cache
+        dev = positions.device
+        seg = torch.tensor(segs, dtype=torch.long).to(dev)  # [S, 4]
+        slots, starts, ns, firsts = seg.unbind(1)
+        dec_rows = [i for i, s in enumerate(segs) if s[2] == 1]
+        chunk_rows = [i for i, s in enumerate(segs) if s[2] > 1]
+        self.all_decode = not chunk_rows
+        self.n_dec = len(dec_rows)
+        self.dec_idx = starts[dec_rows] if dec_rows else None
+        tok_slot = torch.repeat_interleave(slots, ns)
+        tok_end = torch.repeat_interleave(firsts + ns, ns)
+        max_dec_pos = max((segs[i][3] for i in dec_rows), default=-1)
+        bs, window = cache.block_size, cache.window
         self.plans: dict[str, _LayerPlan] = {}
-        for kind in set(store.layer_types):
+        for kind in set(cache.layer_types):
             sliding = kind == "sliding_attention"
-            length = store.window if sliding else store.max_model_len
-            src: list[int] = []
-            dst: list[int] = []
-            for slot, start, n, first in seqs:
-                lo = max(0, n - length) if sliding else 0  # a ring keeps only the last `window` positions
-                src.extend(range(start + lo, start + n))
-                dst.extend(slot * length + ((first + i) % length) for i in range(lo, n))
-            gather = mask = None
-            if dec:
-                # ring entry j holds the newest position == j (mod window) that is <= pos; with
-                # pos >= window - 1 every entry is inside the window, before that only j <= pos exist.
-                # Full layers: entry j is position j. Either way read the first min(length, max pos + 1).
-                lb = min(length, int(dec_pos.max()) + 1)
-                cols = torch.arange(lb)
-                gather = dec_slots[:, None] * length + cols[None, :]
-                mask = cols[None, :] <= dec_pos[:, None]
-                gather = gather.to(device)
-                mask = mask[:, None, None, :].to(device)
-            self.plans[kind] = _LayerPlan(
-                torch.tensor(src, dtype=torch.long, device=device),
-                torch.tensor(dst, dtype=torch.long, device=device),
-                gather,
-                mask,
-            )
+            if sliding:
+                # a ring keeps only the last `window` positions of a segment (and index_copy_ must not
+                # see one row twice)
+                src = None
+                if any(s[2] > window for s in segs):
+                    src = (positions >= tok_end - window).nonzero().squeeze(1)
+                sel = positions if src is None else positions[src]
+                dst = (tok_slot if src is None else tok_slot[src]) * window + sel % window
+            else:
+                src = None
+                dst = cache.tables[tok_slot, positions // bs] * bs + positions % bs
+            gather = hidden = None
+            if dec_rows:
+                dslots, dpos = slots[dec_rows], firsts[dec_rows]
+                # Full layers read positions 0..pos; a ring entry j holds the newest position == j (mod
+                # window) written so far, and with pos >= window - 1 every entry is inside the window
+                # (before that only entries j <= pos exist). Either way: the first min(length, pos + 1).
+                lb = min(window, max_dec_pos + 1) if sliding else max_dec_pos + 1
+                cols = torch.arange(lb, device=dev)
+                if sliding:
+                    gather = dslots[:, None] * window + cols[None, :]
+                else:
+                    nblk = -(-lb // bs)
+                    blocks = cache.tables[dslots, :nblk]  # [n_dec, nblk]
+                    gather = (blocks[:, :, None] * bs + torch.arange(bs, device=dev)).reshape(len(dec_rows), -1)
+                    gather = gather[:, :lb]
+                hidden = (cols[None, :] > dpos[:, None])[:, None, None, None, :]
+            groups = [self._group(segs, rows, seg, sliding) for rows in _bucket(segs, chunk_rows, window, sliding)]
+            self.plans[kind] = _LayerPlan(src, dst, gather, hidden, groups)
+
+    def _group(self, segs: list[tuple[int, int, int, int]], rows: list[int], seg: torch.Tensor,
+               sliding: bool) -> _Group:
+        cache = self.cache
+        dev = seg.device
+        bs, window = cache.block_size, cache.window
+        slots, starts, ns, firsts = seg[rows].unbind(1)
+        nmax = max(segs[i][2] for i in rows)
+        pmax = max(segs[i][3] for i in rows)
+        p = min(pmax, window - 1) if sliding else pmax  # a sliding query never sees further back
+        j = torch.arange(nmax, device=dev)
+        q_idx = starts[:, None] + torch.minimum(j[None, :], ns[:, None] - 1)
+        real = j[None, :] < ns[:, None]  # [c, Nmax]
+        keep = real.flatten().nonzero().squeeze(1)
+        qpos = firsts[:, None] + j[None, :]  # [c, Nmax]
+        pre_idx = None
+        kpos = qpos  # key positions: [prefix (right-aligned, ends at first - 1), chunk]
+        kreal = real
+        if p > 0:
+            ppos = firsts[:, None] - p + torch.arange(p, device=dev)[None, :]  # [c, P]
+            pc = ppos.clamp(min=0)
+            if sliding:
+                pre_idx = slots[:, None] * window + pc % window
+            else:
+                pre_idx = cache.tables[slots[:, None], pc // bs] * bs + pc % bs
+            kpos = torch.cat([ppos, qpos], dim=1)
+            kreal = torch.cat([ppos >= 0, real], dim=1)
+        visible = kreal[:, None, :] & (kpos[:, None, :] <= qpos[:, :, None])
+        if sliding:
+            visible &= kpos[:, None, :] > qpos[:, :, None] - window
+        return _Group(q_idx, keep, q_idx.flatten()[keep], pre_idx, (~visible)[:, None, None])
+
+
+def _bucket(segs: list[tuple[int, int, int, int]], rows: list[int], window: int, sliding: bool) -> list[list[int]]:
+    """Split prefill chunks into groups whose padded attention costs at most ~2x the unpadded one."""
+    if not rows:
+        return []
+
+    def keys(i: int) -> int:
+        n, first = segs[i][2], segs[i][3]
+        return n + (min(first, window - 1) if sliding else first)
+
+    out: list[list[int]] = []
+    cur: list[int] = []
+    real = nmax = kmax = 0
+    for i in sorted(rows, key=lambda i: (segs[i][2], keys(i)), reverse=True):
+        n, k = segs[i][2], keys(i)
+        if cur and (len(cur) + 1) * max(nmax, n) * max(kmax, k) > 2 * (real + n * k) + 4096:
+            out.append(cur)
+            cur, real, nmax, kmax = [], 0, 0, 0
+        cur.append(i)
+        real, nmax, kmax = real + n * k, max(nmax, n), max(kmax, k)
+    out.append(cur)
+    return out
 
 
 def _softmax_with_sinks(logits: torch.Tensor, sinks: torch.Tensor) -> torch.Tensor:
@@ -122,6 +219,21 @@ def _softmax_with_sinks(logits: torch.Tensor, sinks: torch.Tensor) -> torch.Tens
     combined = combined - combined.max(dim=-1, keepdim=True).values
     probs = torch.softmax(combined, dim=-1, dtype=combined.dtype)
     return probs[..., :-1]
+
+
+def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hidden: torch.Tensor, sinks: torch.Tensor,
+            scaling: float) -> torch.Tensor:
+    """q [c, Nq, H, d], k/v [c, Lk, kvh, d], hidden [c, 1, 1, Nq, Lk] -> [c, Nq, H, d] (GQA without copies
+    of K/V per head: queries of one kv head are grouped as [kvh, g])."""
+    c, nq, h, d = q.shape
+    kvh = k.shape[2]
+    g = h // kvh
+    q = q.reshape(c, nq, kvh, g, d).permute(0, 2, 3, 1, 4)  # [c, kvh, g, Nq, d]
+    logits = torch.matmul(q, k.permute(0, 2, 3, 1).unsqueeze(2)) * scaling  # [c, kvh, g, Nq, Lk]
+    logits = logits.masked_fill(hidden, float("-inf"))
+    probs = _softmax_with_sinks(logits, sinks.view(1, kvh, g, 1, 1))
+    o = torch.matmul(probs.to(v.dtype), v.permute(0, 2, 1, 3).unsqueeze(2))  # [c, kvh, g, Nq, d]
+    return o.permute(0, 3, 1, 2, 4).reshape(c, nq, h, d)
 
 
 def engine_attention(
@@ -141,51 +253,44 @@ def engine_attention(
         return fn(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
 
     b = engine_batch
-    store = b.store
     layer = module.layer_idx
-    kind = store.layer_types[layer]
-    plan = b.plans[kind]
-    window = module.sliding_window
+    plan = b.plans[b.cache.layer_types[layer]]
     _, n_heads, t, d = query.shape
-    kvh = key.shape[1]
-    groups = n_heads // kvh
     k_new = key[0].transpose(0, 1)  # [T, kvh, d]
     v_new = value[0].transpose(0, 1)
-    k_flat = store.k[layer].view(-1, kvh, d)
-    v_flat = store.v[layer].view(-1, kvh, d)
-    if plan.write_src.numel():
-        k_flat.index_copy_(0, plan.write_dst, k_new.index_select(0, plan.write_src))
-        v_flat.index_copy_(0, plan.write_dst, v_new.index_select(0, plan.write_src))
-
     q_tok = query[0].transpose(0, 1)  # [T, H, d]
-    out = torch.empty((t, n_heads, d), dtype=query.dtype, device=query.device)
+    k_cache, v_cache = b.cache.k[layer], b.cache.v[layer]
     sinks = module.sinks.to(query.dtype)
 
+    # prefixes first: a chunk's writes below may overwrite ring entries its earlier queries still read
+    prefixes = [(k_cache[g.pre_idx], v_cache[g.pre_idx]) if g.pre_idx is not None else None for g in plan.groups]
+    if plan.write_src is None:
+        k_cache.index_copy_(0, plan.write_dst, k_new)
+        v_cache.index_copy_(0, plan.write_dst, v_new)
+    else:
+        k_cache.index_copy_(0, plan.write_dst, k_new.index_select(0, plan.write_src))
+        v_cache.index_copy_(0, plan.write_dst, v_new.index_select(0, plan.write_src))
+
+    if b.all_decode:  # the steady state: one token per request, in segment order, nothing to scatter
+        o = _attend(q_tok.unsqueeze(1), k_cache[plan.dec_gather], v_cache[plan.dec_gather], plan.dec_hidden,
+                    sinks, scaling)
+        return o.reshape(1, t, n_heads, d), None
+
+    out = torch.empty((t, n_heads, d), dtype=query.dtype, device=query.device)
     if b.n_dec:
-        q = q_tok.index_select(0, b.dec_idx).reshape(b.n_dec, kvh, groups, 1, d)  # [n, kvh, g, 1, d]
-        ks = k_flat[plan.dec_gather]  # [n, Lb, kvh, d]
-        vs = v_flat[plan.dec_gather]
-        ks = ks.permute(0, 2, 3, 1).unsqueeze(2)  # [n, kvh, 1, d, Lb]
-        vs = vs.permute(0, 2, 1, 3).unsqueeze(2)  # [n, kvh, 1, Lb, d]
-        logits = torch.matmul(q, ks) * scaling  # [n, kvh, g, 1, Lb]
-        logits = logits.masked_fill(~plan.dec_mask.unsqueeze(-2), float("-inf"))
-        probs = _softmax_with_sinks(logits, sinks.view(1, kvh, groups, 1, 1))
-        o = torch.matmul(probs.to(vs.dtype), vs)  # [n, kvh, g, 1, d]
+        q = q_tok.index_select(0, b.dec_idx).unsqueeze(1)
+        o = _attend(q, k_cache[plan.dec_gather], v_cache[plan.dec_gather], plan.dec_hidden, sinks, scaling)
         out.index_copy_(0, b.dec_idx, o.reshape(b.n_dec, n_heads, d))
-
-    for _slot, start, n in b.prefills:
-        q = query[0, :, start : start + n]  # [H, n, d]
-        k = key[0, :, start : start + n].repeat_interleave(groups, dim=0)  # [H, n, d]
-        v = value[0, :, start : start + n].repeat_interleave(groups, dim=0)
-        logits = torch.matmul(q, k.transpose(1, 2)) * scaling  # [H, n, n]
-        qi = torch.arange(n, device=query.device)
-        visible = qi[None, :] <= qi[:, None]
-        if window is not None:
-            visible &= qi[None, :] > qi[:, None] - window
-        logits = logits.masked_fill(~visible, float("-inf"))
-        probs = _softmax_with_sinks(logits, sinks.view(n_heads, 1, 1))
-        out[start : start + n] = torch.matmul(probs.to(v.dtype), v).transpose(0, 1)
-
+    for g, prefix in zip(plan.groups, prefixes):
+        k, v = k_new[g.q_idx], v_new[g.q_idx]  # [c, Nmax, kvh, d] (padding repeats a real key, masked)
+        if prefix is not None:
+            k, v = torch.cat([prefix[0], k], dim=1), torch.cat([prefix[1], v], dim=1)
+        q = q_tok[g.q_idx]  # [c, Nmax, H, d]
+        c, nmax = g.q_idx.shape
+        tile = max(1, ATTN_TILE_BYTES // (c * n_heads * k.shape[1] * 4))
+        o = torch.cat([_attend(q[:, i : i + tile], k, v, g.hidden[..., i : i + tile, :], sinks, scaling)
+                       for i in range(0, nmax, tile)], dim=1) if tile < nmax else _attend(q, k, v, g.hidden, sinks, scaling)
+        out.index_copy_(0, g.out_idx, o.reshape(c * nmax, n_heads, d).index_select(0, g.keep))
     return out.unsqueeze(0), None
 
 

@@ -1,21 +1,39 @@
-"""The generation engine of one rank: continuous batching, one forward per step for every request.
+"""The generation engine of one rank: continuous batching with a paged KV cache and chunked prefill.
 
-Each `step()` admits waiting requests into free KV slots, then runs ONE forward of the stock Hugging Face
-model over a packed sequence holding every running request's new tokens: the whole prompt of a request that
-joins this step (so it gets its first token in this step) and one token for each request already decoding.
-Our attention function (attention.py, registered with transformers' AttentionInterface) writes the new K/V
-into a KV store allocated once at start (one slot per concurrently running request) and attends per
-request, honouring gpt-oss's learned sinks and its sliding-window layers exactly as the eager reference.
-Logits are computed only for each request's last token (`logits_to_keep` as an index tensor); sampling is
-per request with its own generator, so a seeded request gives the same tokens whatever shares its batch.
+Public interface (the rank actor and bench/gpu_check.py use only this):
 
-Requests leave the step they finish (stop/eos/length) and an abort frees its slot at the start of the next
-step. The waiting queue is bounded (QueueFull), and a step packs at most `max_batched_tokens` prompt
-tokens for joining requests (at least one request always joins when a slot is free), so one burst of long
-prompts cannot stall the decoding requests for long.
+    eng = Engine(model, eos_ids, max_running=64, max_waiting=256, max_model_len=4096,
+                 max_batched_tokens=2048, block_size=16, kv_cache_tokens=0, gpu_memory_utilization=0.9)
+    eng.add(req_id, prompt_ids, SamplingParams(...))   # QueueFull when the queue is at its bound,
+                                                       # ValueError when the request can never fit
+    outputs = eng.step()          # [Output(req_id, ids, finish, logprobs)], one forward
+    eng.abort(req_id)             # takes effect at the start of the next step
+    eng.load()                    # running, waiting, kv_blocks_used, kv_blocks_total, tokens_per_s
+
+`model` is a loaded GptOssForCausalLM (any device); `kv_cache_tokens` 0 sizes the KV pool automatically:
+on CUDA from the memory free after the model is loaded (`torch.cuda.mem_get_info()`), times
+`gpu_memory_utilization`, less an estimate of the activations a step needs; on CPU max_running *
+max_model_len / 4 tokens, at least one max_model_len request and at most CPU_KV_MAX_BYTES.
+
+Each `step()` schedules, then runs ONE forward of the stock Hugging Face model over a packed sequence:
+one token for every decoding request, then prefill chunks: a request still reading its prompt gets at most
+`max_batched_tokens` prompt tokens per step in total across such requests (older ones first, then new
+admissions), so a long prompt is prefilled over several steps while the decoding requests keep getting a
+token every step. A request gets its first token in the step its last chunk runs; one that arrives while
+a batch runs is admitted the very next step (given a free slot and KV blocks). Our attention function
+(attention.py) writes the new K/V into the cache and attends per request, with gpt-oss's sinks and
+sliding-window layers exactly as the eager reference. Logits are computed only for each request that
+gets a token this step (`logits_to_keep` as an index tensor); see sampling.py for sampling and logprobs.
+
+KV blocks (block_manager.py) are taken on admission and as a request grows, and returned when it
+finishes, is aborted or is preempted. When a decoding request needs a block and none is free, the newest
+running request is preempted by recompute (vLLM V1 / nano-vllm): its blocks and slot are freed and it goes
+back to the FRONT of the waiting queue with the tokens it generated; readmitted, it prefills prompt +
+generated tokens again and continues. Its sampling generator is untouched, so a seeded request gives the
+same tokens whether or not it was preempted. A request that could not fit even alone is refused at add().
 
 Thread model: the rank actor runs `step()` in a worker thread so its event loop keeps answering heartbeats
-during long forwards; `add`/`abort` are called from the loop thread and only touch lock-guarded inboxes.
+during long forwards; `add`/`abort`/`load` are called from the loop thread and only touch lock-guarded state.
 """
 from __future__ import annotations
 
@@ -23,16 +41,30 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
-from .attention import KVStore, StepBatch, install
-from .sampling import SamplingParams, sample
+from .attention import ATTN_TILE_BYTES, KVCache, StepBatch, install, kv_bytes_per_token
+from .block_manager import BlockManager
+from .sampling import Sampler, SamplingParams, TokenLogprobs
+
+CPU_KV_MAX_BYTES = 4 * 1024**3  # the auto-sized CPU cache never takes more host memory than this
+THROUGHPUT_WINDOW_S = 5.0  # load()'s tokens_per_s averages over this many seconds
 
 
 class QueueFull(Exception):
     """The waiting queue is at its bound; the request is refused (429), not queued forever."""
+
+
+class Output(NamedTuple):
+    """One request's result of a step. finish: None (more to come), "stop", "length", or "abort" (drop it,
+    send nothing more). logprobs: one entry per id when the request asked for them, else None."""
+
+    req_id: str
+    ids: list[int]
+    finish: str | None
+    logprobs: list[TokenLogprobs] | None = None
 
 
 @dataclass
@@ -42,13 +74,18 @@ class Request:
     params: SamplingParams
     gen: torch.Generator | None
     out: list[int] = field(default_factory=list)
-    slot: int | None = None
+    slot: int | None = None  # running slot: sliding-window ring and block-table row
+    blocks: list[int] = field(default_factory=list)  # KV block table of the full-attention layers
+    computed: int = 0  # tokens of prompt + out whose K/V are in the cache
     finish: str | None = None
     arrived: float = field(default_factory=time.monotonic)
 
+    @property
+    def seq_len(self) -> int:
+        return len(self.prompt) + len(self.out)
 
-# (request id, new token ids, finish reason or None); finish "abort" means: drop it, send nothing more
-Output = tuple[str, list[int], str | None]
+    def token(self, i: int) -> int:
+        return self.prompt[i] if i < len(self.prompt) else self.out[i - len(self.prompt)]
 
 
 class Engine:
@@ -60,6 +97,9 @@ class Engine:
         max_waiting: int,
         max_model_len: int,
         max_batched_tokens: int | None = None,
+        block_size: int = 16,
+        kv_cache_tokens: int = 0,
+        gpu_memory_utilization: float = 0.9,
     ) -> None:
         self.model = model
         param = next(model.parameters())
@@ -73,20 +113,55 @@ class Engine:
         kv_dtype = getattr(model.config, "dtype", None) or param.dtype
         if not isinstance(kv_dtype, torch.dtype):
             kv_dtype = param.dtype
-        self.kv = KVStore(model.config, max_running, max_model_len, self.device, kv_dtype)
+        tokens = kv_cache_tokens or self._auto_kv_tokens(kv_dtype, gpu_memory_utilization)
+        self.blocks = BlockManager(max(1, -(-tokens // block_size)), block_size)
+        self.kv = KVCache(model.config, self.blocks.num_blocks, block_size, max_running, max_model_len,
+                          self.device, kv_dtype)
+        self.sampler = Sampler(max_running, model.config.vocab_size, self.device)
         self.free_slots: list[int] = list(range(max_running - 1, -1, -1))
         self.waiting: deque[Request] = deque()
-        self.running: list[Request] = []
+        self.running: list[Request] = []  # in admission order: the newest is preempted first
         self._aborts: set[str] = set()
         self._lock = threading.Lock()
+        self._recent: deque[tuple[float, int]] = deque()  # (time, tokens) per step, for tokens_per_s
+        self._started = time.monotonic()
         self.tokens_total = 0
         self.steps_total = 0
+        self.preemptions_total = 0
+
+    def _auto_kv_tokens(self, dtype: torch.dtype, utilization: float) -> int:
+        cfg = self.model.config
+        per_token = kv_bytes_per_token(cfg, dtype)
+        if self.device.type == "cuda":
+            free, _total = torch.cuda.mem_get_info(self.device)
+            # A step's transient memory: hidden states and MoE buffers of max_batched_tokens tokens (~32
+            # hidden-size vectors each, generously), the logits rows, an attention tile, and the sliding
+            # rings, which are allocated next to the pool.
+            elt = torch.empty((), dtype=dtype).element_size()
+            activations = (self.max_batched_tokens * cfg.hidden_size * 32 * elt
+                           + self.max_running * cfg.vocab_size * 4 * 3 + 2 * ATTN_TILE_BYTES)
+            head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+            sliding = sum(1 for t in cfg.layer_types if t == "sliding_attention")
+            rings = 2 * sliding * self.max_running * int(cfg.sliding_window or 0) * cfg.num_key_value_heads * head_dim * elt
+            budget = int(free * utilization) - activations - rings
+            if budget < per_token * self.max_model_len:
+                raise MemoryError(f"{free / 2**30:.1f} GiB free after loading the model leaves no room for a KV "
+                                  f"cache of one {self.max_model_len}-token request; lower max_model_len/max_running")
+            return budget // per_token
+        want = self.max_running * self.max_model_len // 4
+        return max(self.max_model_len, min(want, CPU_KV_MAX_BYTES // per_token))
+
+    # ---- the loop thread's side -----------------------------------------------------------------------
 
     def add(self, req_id: str, prompt: list[int], params: SamplingParams) -> None:
         if not prompt:
             raise ValueError("empty prompt")
         if len(prompt) >= self.max_model_len:
             raise ValueError(f"prompt of {len(prompt)} tokens does not fit max_model_len {self.max_model_len}")
+        longest = min(len(prompt) + params.max_tokens, self.max_model_len)
+        if self.blocks.blocks_for(longest) > self.blocks.num_blocks:
+            raise ValueError(f"a request of up to {longest} tokens needs {self.blocks.blocks_for(longest)} KV blocks; "
+                             f"this rank's whole cache has {self.blocks.num_blocks}: lower max_tokens or the prompt")
         with self._lock:
             if len(self.waiting) >= self.max_waiting:
                 raise QueueFull(f"rank queue is full ({self.max_waiting} waiting)")
@@ -99,93 +174,152 @@ class Engine:
     def has_work(self) -> bool:
         return bool(self.running or self.waiting or self._aborts)
 
-    def load(self) -> dict[str, int]:
-        return {"running": len(self.running), "waiting": len(self.waiting)}
+    def load(self) -> dict[str, Any]:
+        with self._lock:
+            now = time.monotonic()
+            while self._recent and self._recent[0][0] < now - THROUGHPUT_WINDOW_S:
+                self._recent.popleft()
+            span = max(min(THROUGHPUT_WINDOW_S, now - self._started), 1e-3)
+            return {"running": len(self.running), "waiting": len(self.waiting),
+                    "kv_blocks_used": self.blocks.used, "kv_blocks_total": self.blocks.num_blocks,
+                    "tokens_per_s": round(sum(n for _, n in self._recent) / span, 1)}
+
+    # ---- the step ---------------------------------------------------------------------------------------
 
     def _release(self, r: Request) -> None:
+        self.blocks.release(r.blocks)
         if r.slot is not None:
             self.free_slots.append(r.slot)
             r.slot = None
 
-    @torch.inference_mode()
-    def step(self) -> list[Output]:
-        outputs: list[Output] = []
+    def _preempt(self, r: Request) -> None:
+        self._release(r)
+        r.computed = 0
+        self.waiting.appendleft(r)
+        self.preemptions_total += 1
+
+    def _reclaim(self) -> None:
+        """Someone (the actor, after a failed step) dropped running requests: take back what they held."""
+        held = {r.slot for r in self.running}
+        self.free_slots = [s for s in range(self.max_running - 1, -1, -1) if s not in held]
+        owned = {b for r in (*self.running, *self.waiting) for b in r.blocks}
+        self.blocks.free = [b for b in range(self.blocks.num_blocks - 1, -1, -1) if b not in owned]
+
+    def _schedule(self, outputs: list[Output]) -> list[tuple[Request, int]]:
+        """Handle aborts, grow or preempt running requests, admit waiting ones: [(request, new tokens)]."""
         with self._lock:
             aborts, self._aborts = self._aborts, set()
             if aborts:
                 for r in [r for r in (*self.waiting, *self.running) if r.id in aborts]:
                     r.finish = "abort"
                     self._release(r)
-                    outputs.append((r.id, [], "abort"))
+                    outputs.append(Output(r.id, [], "abort"))
                 self.waiting = deque(r for r in self.waiting if r.finish is None)
                 self.running = [r for r in self.running if r.finish is None]
             if len(self.free_slots) + len(self.running) != self.max_running:
-                # someone (the actor, after a failed step) dropped running requests: take their slots back
-                held = {r.slot for r in self.running}
-                self.free_slots = [s for s in range(self.max_running - 1, -1, -1) if s not in held]
+                self._reclaim()
+            sched: list[tuple[Request, int]] = []
+            table_updates: list[tuple[int, int, int]] = []  # (slot, table index, block)
             budget = self.max_batched_tokens
-            while self.waiting and self.free_slots:
-                nxt = self.waiting[0]
-                if len(nxt.prompt) > budget and budget < self.max_batched_tokens:
-                    break  # this step's prefill budget is spent; it joins next step
-                budget -= len(nxt.prompt)
-                r = self.waiting.popleft()
+            preempted = False
+            i = 0
+            while i < len(self.running):
+                r = self.running[i]
+                left = r.seq_len - r.computed
+                n = 1 if left == 1 else min(left, budget)  # decodes always; prompt chunks within budget
+                if n == 0:
+                    i += 1
+                    continue
+                while not self.blocks.can_grow(r.blocks, r.computed + n) and self.running[-1] is not r:
+                    self._preempt(self.running.pop())
+                    preempted = True
+                if not self.blocks.can_grow(r.blocks, r.computed + n):  # r is the newest itself
+                    self._preempt(self.running.pop())
+                    preempted = True
+                    break
+                if left > 1:
+                    budget -= n
+                self._grow(r, n, table_updates)
+                sched.append((r, n))
+                i += 1
+            # No admissions in a step that had to preempt: the blocks just freed are for the survivors.
+            while self.waiting and self.free_slots and budget > 0 and not preempted:
+                r = self.waiting[0]
+                n = min(r.seq_len, budget)
+                if not self.blocks.can_grow(r.blocks, n):
+                    break
+                self.waiting.popleft()
                 r.slot = self.free_slots.pop()
+                self.sampler.admit(r.slot, r.params, r.out)
                 self.running.append(r)
-        if not self.running:
+                budget -= n
+                self._grow(r, n, table_updates)
+                sched.append((r, n))
+            if table_updates:  # the device mirror of the block tables gets this step's new entries in one copy
+                rows, cols, vals = zip(*table_updates)
+                dev = self.device
+                self.kv.tables[torch.tensor(rows, device=dev), torch.tensor(cols, device=dev)] = torch.tensor(vals, device=dev)
+        return sched
+
+    def _grow(self, r: Request, n: int, table_updates: list[tuple[int, int, int]]) -> None:
+        """Give r the blocks for its next n tokens now (so later checks this step see them taken)."""
+        have = len(r.blocks)
+        for j, b in enumerate(self.blocks.grow(r.blocks, r.computed + n)):
+            table_updates.append((r.slot, have + j, b))
+
+    @torch.inference_mode()
+    def step(self) -> list[Output]:
+        outputs: list[Output] = []
+        sched = self._schedule(outputs)
+        if not sched:
             return outputs
 
+        # Pack decodes first (one token each, in order), then chunks: an all-decode step needs no scatter.
+        sched.sort(key=lambda s: s[1] > 1)
         ids: list[int] = []
         pos: list[int] = []
-        seqs: list[tuple[int, int, int, int]] = []
+        segs: list[tuple[int, int, int, int]] = []
         last: list[int] = []
-        for r in self.running:
-            start = len(ids)
-            if not r.out:  # joins this step: the whole prompt
-                ids.extend(r.prompt)
-                pos.extend(range(len(r.prompt)))
-                seqs.append((r.slot, start, len(r.prompt), 0))
+        done: list[Request] = []  # requests whose sequence is fully in the cache after this step: sample
+        for r, n in sched:
+            start, first = len(ids), r.computed
+            if n == 1:
+                ids.append(r.token(first))
+                pos.append(first)
             else:
-                p = len(r.prompt) + len(r.out) - 1
-                ids.append(r.out[-1])
-                pos.append(p)
-                seqs.append((r.slot, start, 1, p))
-            last.append(len(ids) - 1)
+                seq = r.prompt + r.out if r.out else r.prompt
+                ids += seq[first : first + n]
+                pos += range(first, first + n)
+            segs.append((r.slot, start, n, first))
+            r.computed += n
+            if r.computed == r.seq_len:
+                last.append(len(ids) - 1)
+                done.append(r)
         dev = self.device
-        batch = StepBatch(self.kv, seqs, dev)
+        positions = torch.tensor(pos, device=dev)
+        batch = StepBatch(self.kv, segs, positions)
         logits = self.model(
             input_ids=torch.tensor([ids], device=dev),
-            position_ids=torch.tensor([pos], device=dev),
+            position_ids=positions[None],
             attention_mask={"full_attention": None, "sliding_attention": None},
             use_cache=False,
             logits_to_keep=torch.tensor(last, device=dev),
             engine_batch=batch,
-        ).logits[0]  # [n_running, vocab]
+        ).logits[0]  # [len(done), vocab]
 
-        tokens = self._sample(logits)
-        for r, token in zip(self.running, tokens):
+        tokens, lps = self.sampler(logits, done) if done else ([], [])
+        for r, token, lp in zip(done, tokens, lps):
             r.out.append(token)
             if (token in self.eos_ids and not r.params.ignore_eos) or token in r.params.stop_token_ids:
                 r.finish = "stop"
-            elif len(r.out) >= r.params.max_tokens or len(r.prompt) + len(r.out) >= self.max_model_len:
+            elif len(r.out) >= r.params.max_tokens or r.seq_len >= self.max_model_len:
                 r.finish = "length"
-            outputs.append((r.id, [token], r.finish))
-        self.tokens_total += len(self.running)
-        self.steps_total += 1
-        for r in self.running:
+            outputs.append(Output(r.id, [token], r.finish, None if lp is None else [lp]))
             if r.finish is not None:
-                self._release(r)  # the slot is free for the next step's joiners
-        self.running = [r for r in self.running if r.finish is None]
+                self._release(r)  # slot and blocks are free for the next step's joiners
+        with self._lock:
+            self.running = [r for r in self.running if r.finish is None]
+            self._recent.append((time.monotonic(), len(done)))
+        self.tokens_total += len(done)
+        self.steps_total += 1
         return outputs
-
-    def _sample(self, logits: torch.Tensor) -> list[int]:
-        greedy = [i for i, r in enumerate(self.running) if r.params.temperature == 0]
-        tokens: list[int] = [0] * len(self.running)
-        if greedy:
-            idx = torch.tensor(greedy, device=logits.device)
-            for i, t in zip(greedy, torch.argmax(logits.index_select(0, idx), dim=-1).tolist()):
-                tokens[i] = t
-        for i, r in enumerate(self.running):
-            if r.params.temperature != 0:
-                tokens[i] = sample(logits[i], r.params, r.gen)
-        return tokens

@@ -1,14 +1,27 @@
-"""Per-request sampling parameters and the sampler.
+"""Per-request sampling parameters and the batched sampler.
 
-Each request carries its own parameters and, when seeded, its own torch.Generator, so a seeded request
-gives the same tokens whatever else shares its batch.
+One `Sampler` call turns a step's logits rows (one per request that gets a token this step) into token ids:
+penalties, then greedy rows by one argmax, the other rows by temperature / top-k / top-p over a batched
+sort and softmax. Each seeded request draws from its own torch.Generator, so it gives the same tokens
+whatever else shares its batch; unseeded rows draw in one call.
+
+Penalties follow OpenAI: logit[t] -= frequency_penalty * count(t) + presence_penalty * (count(t) > 0), over
+the tokens the request generated so far (as vLLM). Counts live in a per-slot [slots, vocab] table,
+allocated only once a penalized request shows up and rebuilt from the generated tokens on (re)admission.
+
+Logprobs (vLLM's default): from log_softmax of the raw logits (before penalties and temperature), for the
+chosen token and the top-N alternatives; computed only for the rows that asked.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
+
+MAX_LOGPROBS = 20
+# one entry per generated token: [chosen token's logprob, [[token_id, logprob], ...top-N]]
+TokenLogprobs = list
 
 
 @dataclass
@@ -20,23 +33,35 @@ class SamplingParams:
     seed: int | None = None
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    logprobs: int | None = None  # number of top alternatives to return per token; None: no logprobs
 
     @classmethod
-    def from_wire(cls, params: dict[str, Any], default_max_tokens: int) -> "SamplingParams":
+    def from_wire(cls, params: dict[str, Any], default_max_tokens: int) -> SamplingParams:
         """Build from the generate message's params map; the front validated ranges already, we re-check
         types so a bad frame from anywhere fails this one request, not the rank."""
         p = cls(
             max_tokens=int(params.get("max_tokens") or default_max_tokens),
             temperature=float(params.get("temperature", 1.0)),
             top_p=float(params.get("top_p", 1.0)),
-            top_k=int(params.get("top_k", 0)),
+            top_k=int(params.get("top_k") or 0),
             seed=None if params.get("seed") is None else int(params["seed"]),
-            stop_token_ids=[int(t) for t in params.get("stop_token_ids", [])],
+            stop_token_ids=[int(t) for t in params.get("stop_token_ids") or []],
             ignore_eos=bool(params.get("ignore_eos", False)),
+            frequency_penalty=float(params.get("frequency_penalty") or 0.0),
+            presence_penalty=float(params.get("presence_penalty") or 0.0),
+            logprobs=None if params.get("logprobs") is None else int(params["logprobs"]),
         )
-        if p.max_tokens < 1 or p.temperature < 0 or not 0 < p.top_p <= 1 or p.top_k < 0:
+        if (p.max_tokens < 1 or p.temperature < 0 or not 0 < p.top_p <= 1 or p.top_k < 0
+                or not -2 <= p.frequency_penalty <= 2 or not -2 <= p.presence_penalty <= 2
+                or (p.logprobs is not None and not 0 <= p.logprobs <= MAX_LOGPROBS)):
             raise ValueError(f"invalid sampling parameters {params}")
         return p
+
+    @property
+    def penalized(self) -> bool:
+        return self.frequency_penalty != 0 or self.presence_penalty != 0
 
     def generator(self) -> torch.Generator | None:
         if self.seed is None:
@@ -46,19 +71,83 @@ class SamplingParams:
         return g
 
 
-def sample(logits: torch.Tensor, p: SamplingParams, gen: torch.Generator | None) -> int:
-    """One token from a [vocab] logits row."""
-    if p.temperature == 0:
-        return int(torch.argmax(logits))
-    logits = logits.float() / p.temperature
-    if p.top_k > 0:
-        kth = torch.topk(logits, min(p.top_k, logits.numel())).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    if p.top_p < 1.0:
-        sorted_probs, idx = torch.sort(probs, descending=True)
-        # keep the smallest prefix whose mass reaches top_p (always at least the first token)
-        drop = sorted_probs.cumsum(-1) - sorted_probs > p.top_p
-        sorted_probs[drop] = 0.0
-        probs = torch.zeros_like(probs).scatter(0, idx, sorted_probs)
-    return int(torch.multinomial(probs.cpu(), 1, generator=gen))
+class Sampled(Protocol):
+    """What the sampler needs of a request."""
+
+    params: SamplingParams
+    gen: torch.Generator | None
+    slot: int | None
+
+
+class Sampler:
+    def __init__(self, slots: int, vocab: int, device: torch.device) -> None:
+        self.slots, self.vocab, self.device = slots, vocab, device
+        self.counts: torch.Tensor | None = None  # [slots, vocab] generated-token counts, for penalties
+
+    def admit(self, slot: int, params: SamplingParams, generated: list[int]) -> None:
+        """A request takes `slot`: start its penalty counts from the tokens it already generated."""
+        if not params.penalized:
+            return
+        if self.counts is None:
+            self.counts = torch.zeros((self.slots, self.vocab), dtype=torch.float32, device=self.device)
+        row = self.counts[slot]
+        row.zero_()
+        if generated:
+            ids = torch.tensor(generated, dtype=torch.long, device=self.device)
+            row.index_add_(0, ids, torch.ones(len(generated), device=self.device))
+
+    def __call__(self, logits: torch.Tensor, reqs: list[Sampled]) -> tuple[list[int], list[TokenLogprobs | None]]:
+        """One token per row of `logits` [n, vocab] (row i belongs to reqs[i]) and, per row, its logprobs
+        entry or None."""
+        dev = logits.device
+        raw = logits.float()
+        x = raw
+        pen = [i for i, r in enumerate(reqs) if r.params.penalized]
+        if pen:
+            rows = torch.tensor(pen, device=dev)
+            slots = torch.tensor([reqs[i].slot for i in pen], device=dev)
+            c = self.counts[slots]
+            fp = torch.tensor([reqs[i].params.frequency_penalty for i in pen], device=dev)[:, None]
+            pp = torch.tensor([reqs[i].params.presence_penalty for i in pen], device=dev)[:, None]
+            x = raw.index_put((rows,), raw[rows] - fp * c - pp * (c > 0))
+        rand = [i for i, r in enumerate(reqs) if r.params.temperature != 0]
+        tokens = torch.argmax(x, dim=-1)
+        if rand:
+            tokens[rand] = self._draw(x[rand], [reqs[i] for i in rand])
+        if pen:
+            self.counts.index_put_((slots, tokens[rows]), torch.ones(len(pen), device=dev), accumulate=True)
+        lps: list[TokenLogprobs | None] = [None] * len(reqs)
+        ask = [i for i, r in enumerate(reqs) if r.params.logprobs is not None]
+        if ask:
+            lp = torch.log_softmax(raw[ask], dim=-1)
+            chosen = lp.gather(1, tokens[ask][:, None]).squeeze(1).tolist()
+            top = max(reqs[i].params.logprobs for i in ask)
+            vals, ids = lp.topk(top, dim=-1) if top else (lp[:, :0], lp[:, :0].long())
+            vals, ids = vals.tolist(), ids.tolist()
+            for j, i in enumerate(ask):
+                n = reqs[i].params.logprobs
+                lps[i] = [chosen[j], [[t, v] for t, v in zip(ids[j][:n], vals[j][:n])]]
+        return tokens.tolist(), lps
+
+    def _draw(self, x: torch.Tensor, reqs: list[Sampled]) -> torch.Tensor:
+        """Temperature, top-k and top-p for rows x [m, vocab], then one draw per row."""
+        dev = x.device
+        x = x / torch.tensor([r.params.temperature for r in reqs], device=dev)[:, None]
+        truncate = any(r.params.top_k > 0 or r.params.top_p < 1 for r in reqs)
+        if truncate:
+            x, order = x.sort(dim=-1, descending=True)
+            ks = torch.tensor([r.params.top_k or x.shape[1] for r in reqs], device=dev)
+            x = x.masked_fill(torch.arange(x.shape[1], device=dev)[None, :] >= ks[:, None], float("-inf"))
+        probs = torch.softmax(x, dim=-1)
+        if truncate:
+            # keep the smallest prefix whose mass reaches top_p (always at least the first token)
+            tp = torch.tensor([r.params.top_p for r in reqs], device=dev)[:, None]
+            probs = probs.masked_fill(probs.cumsum(-1) - probs > tp, 0.0)
+        choice = torch.empty(len(reqs), dtype=torch.long, device=dev)
+        free = [i for i, r in enumerate(reqs) if r.gen is None]
+        if free:
+            choice[free] = torch.multinomial(probs[free], 1).squeeze(1)
+        for i, r in enumerate(reqs):
+            if r.gen is not None:  # its own generator (a CPU one): the draw depends on nothing else
+                choice[i] = torch.multinomial(probs[i].cpu(), 1, generator=r.gen).to(dev)[0]
+        return order.gather(1, choice[:, None]).squeeze(1) if truncate else choice

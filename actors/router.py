@@ -3,15 +3,19 @@
 Front DEALER -> our ROUTER ("router") for generate/abort; our ROUTER ("ranks") -> each rank's DEALER
 (identity = rank name). Tokens never pass through here: the rank pushes them straight to the front.
 
-Choice: among ranks the supervisor reports ready and not drained, the one with the fewest requests in flight
-(our own count, corrected by the rank's load reports). Refusals are answered at once with the status the
+Choice: among ranks the supervisor reports ready and not drained, a rank whose KV cache is full (its last
+load report has kv_blocks_used >= kv_blocks_total) only when no other rank is left; then the fewest requests
+running + waiting. For that count our own in-flight table comes first (every request we routed and the rank
+has not finished is running or waiting there, with no reporting lag), the rank's reported running + waiting
+breaks ties (it also sees what our count cannot, e.g. a request we forgot after a router restart). Refusals are answered at once with the status the
 front should give: 503 when no rank can serve or host memory is critical.
 The in-flight table is what lets us forget a dead rank's requests; failing those streams is the front's
 job (it watches the same tree state), so a router restart loses nothing that is already on a rank.
 """
 from __future__ import annotations
 
-from typing import Any, Awaitable
+from collections.abc import Awaitable
+from typing import Any
 
 import zmq
 
@@ -53,7 +57,13 @@ class Router(Actor):
     def candidates(self) -> list[str]:
         ok = [n for n, a in self.rank_states().items()
               if a.get("state") == "ready" and not a.get("drained") and not self.reported.get(n, {}).get("draining")]
-        return sorted(ok, key=lambda n: (self.per_rank.get(n, 0), n))
+
+        def preference(n: str) -> tuple[bool, int, int, str]:
+            rep = self.reported.get(n, {})
+            kv_full = rep.get("kv_blocks_used", 0) >= rep.get("kv_blocks_total", 1)
+            return kv_full, self.per_rank.get(n, 0), rep.get("running", 0) + rep.get("waiting", 0), n
+
+        return sorted(ok, key=preference)
 
     def on_tree(self, tree: dict[str, Any]) -> None:
         actors = tree.get("actors", {})

@@ -42,17 +42,21 @@ SCHEMAS: dict[str, dict[str, tuple[type, ...]]] = {
     "ctl_rep": {"ok": _BOOL, "result": _MAP, "error": _OPT_STR},
     # supervisor PUB -> everyone: the whole tree's state, on every change and every heartbeat
     "tree": {"actors": _MAP, "stopping": _BOOL},
-    # front -> router -> rank
+    # front -> router -> rank. params keys (all optional; the rank re-checks them): max_tokens, temperature,
+    # top_p, top_k (int), seed, stop_token_ids, ignore_eos, frequency_penalty and presence_penalty (floats,
+    # -2..2), logprobs (int 0..20 top alternatives per token, or None for no logprobs)
     "generate": {"req_id": _STR, "prompt_ids": _LIST, "params": _MAP},
     "abort": {"req_id": _STR},
     # router -> front
     "routed": {"req_id": _STR, "rank": _STR},
     "reject": {"req_id": _STR, "status": _INT, "message": _STR, "code": _STR},
-    # rank -> front (PUSH/PULL, straight, no hop through the router)
+    # rank -> front (PUSH/PULL, straight, no hop through the router). Optional field `logprobs`, present only
+    # when the request asked: one entry per id in `ids`, [chosen_logprob, [[token_id, logprob], ...top-N]].
     "tokens": {"req_id": _STR, "ids": _LIST, "finish": _OPT_STR},
     "failed": {"req_id": _STR, "status": _INT, "message": _STR, "code": _STR},
     # rank -> router
-    "load": {"rank": _STR, "running": _INT, "waiting": _INT, "draining": _BOOL},
+    "load": {"rank": _STR, "running": _INT, "waiting": _INT, "draining": _BOOL,
+             "kv_blocks_used": _INT, "kv_blocks_total": _INT, "tokens_per_s": _NUM},
     "finished": {"req_id": _STR},
     # memory guard PUB -> router, front
     "pressure": {"level": _STR, "host_used_frac": _NUM},
@@ -116,7 +120,7 @@ def decode(frame: bytes) -> Message:
         )
     except MessageError:
         raise
-    except Exception as exc:  # msgpack raises several unrelated types for bad bytes
+    except Exception as exc:  # noqa: BLE001 - msgpack raises several unrelated types for bad bytes
         raise MessageError(f"undecodable frame: {type(exc).__name__}: {exc}") from None
     if not isinstance(raw, dict):
         raise MessageError("frame is not a map")

@@ -13,9 +13,17 @@ from pathlib import Path
 
 import msgpack
 import pytest
-
 from gptoss.ipc import endpoints
-from gptoss.ipc.messages import MAX_FRAME_BYTES, SCHEMAS, VERSION, Message, MessageError, decode, encode, make
+from gptoss.ipc.messages import (
+    MAX_FRAME_BYTES,
+    SCHEMAS,
+    VERSION,
+    Message,
+    MessageError,
+    decode,
+    encode,
+    make,
+)
 
 # A value of each accepted python type, to build a valid body for any schema (so a new message type added
 # to SCHEMAS is covered without touching this file).
@@ -28,6 +36,8 @@ _SAMPLE = {
     bool: True,
     type(None): None,
 }
+# The load message's KV and throughput fields, for tests that build one by hand.
+_KV = {"kv_blocks_used": 0, "kv_blocks_total": 64, "tokens_per_s": 0.0}
 # Candidate wrong values: for each field we try every one its schema does not accept.
 _CANDIDATES = [True, False, 3, 2.5, "s", b"bytes", {"a": 1}, [1], None]
 
@@ -82,6 +92,17 @@ def test_round_trip_realistic_messages():
              params={"temperature": 0.7, "top_p": 1.0, "max_tokens": 64, "stop": ["<|return|>"]}),
         make("tokens", "rank-1", req_id="req-1", ids=[200005, 17, 3], finish=None),
         make("tokens", "rank-1", req_id="req-1", ids=[], finish="stop"),
+        # the optional logprobs field: one [chosen, [[id, logprob], ...]] per id
+        make("tokens", "rank-1", req_id="req-1", ids=[17, 3], finish=None,
+             logprobs=[[-0.25, [[17, -0.25], [9, -1.5]]], [-3.0, []]]),
+        make("generate", "front", req_id="req-2", prompt_ids=[1, 2],
+             params={"temperature": 0.0, "top_k": 40, "frequency_penalty": 0.5, "presence_penalty": -1.0,
+                     "logprobs": 5}),
+        make("generate", "front", req_id="req-3", prompt_ids=[1], params={"logprobs": None}),
+        make("load", "rank-0", rank="rank-0", running=3, waiting=1, draining=False, kv_blocks_used=12,
+             kv_blocks_total=4096, tokens_per_s=812.5),
+        make("load", "rank-0", rank="rank-0", running=0, waiting=0, draining=False, kv_blocks_used=0,
+             kv_blocks_total=4096, tokens_per_s=0),  # an idle rank may report an int rate
         make("ctl_rep", "supervisor", ok=False, result={}, error="no such rank"),
         make("pressure", "memory_guard", level="high", host_used_frac=1),  # int is a number too
         make("reject", "router", req_id="r", status=429, message="overloaded", code="rate_limit_exceeded"),
@@ -127,7 +148,7 @@ def test_trailing_bytes_after_a_valid_frame_are_rejected():
 
 
 def test_mutated_frames_decode_or_raise_message_error_only():
-    base = encode(make("load", "rank-0", rank="rank-0", running=3, waiting=0, draining=False))
+    base = encode(make("load", "rank-0", rank="rank-0", running=3, waiting=0, draining=False, **_KV))
     rng = random.Random(7)
     outcomes = {"ok": 0, "rejected": 0}
     for _ in range(3000):
@@ -244,6 +265,7 @@ def test_wrong_typed_body_field_is_rejected(mtype):
 
 
 @pytest.mark.parametrize("mtype,field", [("ping", "seq"), ("hello", "pid"), ("load", "running"),
+                                         ("load", "kv_blocks_used"), ("load", "kv_blocks_total"),
                                          ("reject", "status"), ("failed", "status")])
 def test_bool_is_not_an_int(mtype, field):
     assert SCHEMAS[mtype][field] == (int,)
@@ -257,10 +279,10 @@ def test_bool_is_not_an_int(mtype, field):
 
 
 def test_bool_is_accepted_where_the_schema_says_bool():
-    out = decode(encode(make("load", "rank-0", rank="rank-0", running=0, waiting=0, draining=True)))
+    out = decode(encode(make("load", "rank-0", rank="rank-0", running=0, waiting=0, draining=True, **_KV)))
     assert out.body["draining"] is True
     with pytest.raises(MessageError):
-        make("load", "rank-0", rank="rank-0", running=0, waiting=0, draining=1)  # an int is not a bool
+        make("load", "rank-0", rank="rank-0", running=0, waiting=0, draining=1, **_KV)  # an int is not a bool
 
 
 def test_encode_and_make_reject_unknown_types():

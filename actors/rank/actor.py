@@ -11,8 +11,9 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any, Awaitable
+from typing import Any
 
 import zmq
 
@@ -47,11 +48,17 @@ class Rank(Actor):
                                                int(eng["max_running"]), int(eng["max_model_len"]))
         eos = model.generation_config.eos_token_id
         eos_ids = eos if isinstance(eos, list) else [eos] if eos is not None else []
-        self.engine = Engine(model, eos_ids, int(eng["max_running"]), int(eng["max_waiting"]), int(eng["max_model_len"]))
+        self.engine = Engine(model, eos_ids, int(eng["max_running"]), int(eng["max_waiting"]), int(eng["max_model_len"]),
+                             max_batched_tokens=int(eng["max_batched_tokens"]), block_size=int(eng["kv_block_size"]),
+                             kv_cache_tokens=int(eng["kv_cache_tokens"]),
+                             gpu_memory_utilization=float(eng["gpu_memory_utilization"]))
         self.default_max_tokens = int(eng["default_max_tokens"])
         self.device = str(self.engine.device)
         log.info("model loaded", extra={"event": "model_loaded", "device": self.device, "dtype": str(dtype),
-                                        "seconds": round(time.monotonic() - started, 2)})
+                                        "seconds": round(time.monotonic() - started, 2),
+                                        "kv_blocks": self.engine.blocks.num_blocks,
+                                        "kv_block_size": self.engine.blocks.block_size,
+                                        "kv_cache_bytes": self.engine.kv.nbytes()})
         self.router = sockets.socket(self.ctx, zmq.DEALER, identity=self.name)
         sockets.connect(self.router, self.run_dir, "ranks")
         self.tokens = sockets.socket(self.ctx, zmq.PUSH)
@@ -71,6 +78,7 @@ class Rank(Actor):
     def state(self) -> dict[str, Any]:
         return {"rank": self.args.rank, "device": self.device, **self.load(),
                 "tokens_total": self.engine.tokens_total, "steps_total": self.engine.steps_total,
+                "preemptions_total": self.engine.preemptions_total, "kv_block_size": self.engine.blocks.block_size,
                 "requests": sorted(self.owned)[:100]}
 
     def on_tree(self, tree: dict[str, Any]) -> None:
@@ -129,19 +137,23 @@ class Rank(Actor):
                     self.owned.discard(r.id)
                 self.engine.running.clear()
                 continue
-            for req_id, ids, finish in outputs:
-                if finish != "abort":
-                    sockets.send_nowait(self.tokens, self.msg("tokens", req_id=req_id, ids=ids, finish=finish))
-                if finish is not None:
-                    self.owned.discard(req_id)
-                    sockets.send_nowait(self.router, self.msg("finished", req_id=req_id))
-            self.count("tokens_total", sum(len(ids) for _, ids, _ in outputs))
+            for o in outputs:
+                if o.finish != "abort":
+                    extra = {} if o.logprobs is None else {"logprobs": o.logprobs}
+                    sockets.send_nowait(self.tokens, self.msg("tokens", req_id=o.req_id, ids=o.ids, finish=o.finish,
+                                                              **extra))
+                if o.finish is not None:
+                    self.owned.discard(o.req_id)
+                    sockets.send_nowait(self.router, self.msg("finished", req_id=o.req_id))
+            self.count("tokens_total", sum(len(o.ids) for o in outputs))
 
-    def _send_load(self) -> None:
-        sockets.send_nowait(self.router, self.msg("load", rank=self.name, draining=self.draining, **self.engine.load()))
+    def _send_load(self) -> dict[str, Any]:
+        load = self.engine.load()  # running, waiting, kv_blocks_used, kv_blocks_total, tokens_per_s
+        sockets.send_nowait(self.router, self.msg("load", rank=self.name, draining=self.draining, **load))
+        return load
 
     async def _report_load(self) -> None:
         while True:
-            self._send_load()
-            self.gauges.update({k: float(v) for k, v in self.engine.load().items()})
+            self.gauges.update({k: float(v) for k, v in self._send_load().items()})
+            self.counters["preemptions_total"] = float(self.engine.preemptions_total)  # cumulative, as counters are
             await asyncio.sleep(LOAD_REPORT_S)

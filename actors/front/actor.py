@@ -109,7 +109,8 @@ class Front(Actor):
                 continue
             m = got[1]
             if m.type == "tokens":
-                if not self.streams.on_tokens(m.body["req_id"], m.body["ids"], m.body["finish"]):
+                # logprobs is optional in the wire contract: ranks send it only when the request asked
+                if not self.streams.on_tokens(m.body["req_id"], m.body["ids"], m.body["finish"], _logprobs(m.body)):
                     self.count("orphan_tokens_total")
             elif m.type == "failed":
                 b = m.body
@@ -147,6 +148,22 @@ class Front(Actor):
             fut = self._cache_waits.get(got[1].body["key"])
             if fut is not None and not fut.done():
                 fut.set_result(got[1].body)
+
+
+def _logprobs(body: dict[str, Any]) -> list | None:
+    """The tokens message's optional logprobs, if well formed: one [logprob, [[id, logprob], ...]] per id.
+    A malformed one is dropped (the tokens still count) rather than failing the request mid-stream."""
+    lps = body.get("logprobs")
+    if lps is None:
+        return None
+    ok = isinstance(lps, list) and len(lps) == len(body["ids"]) and all(
+        isinstance(e, list) and len(e) == 2 and isinstance(e[0], (int, float)) and isinstance(e[1], list)
+        and all(isinstance(t, list) and len(t) == 2 and isinstance(t[0], int) and isinstance(t[1], (int, float))
+                for t in e[1]) for e in lps)
+    if not ok:
+        log.warning("malformed logprobs dropped", extra={"event": "bad_logprobs", "request_id": body["req_id"]})
+        return None
+    return lps
 
 
 def served_name(spec: str) -> str:

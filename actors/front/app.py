@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from .chat import chat_completions
+from .completions import completions
 from .errors import APIError
 
 if TYPE_CHECKING:
@@ -109,6 +110,7 @@ def make_app(front: "Front") -> web.Application:
 
     app.router.add_get("/v1/models", models)
     app.router.add_post("/v1/chat/completions", chat_completions)
+    app.router.add_post("/v1/completions", completions)
     app.router.add_get("/health", health)
     app.router.add_get("/admin/actors", admin_actors)
     app.router.add_get("/admin/debug/bundle", admin_bundle)

@@ -1,196 +1,98 @@
-"""POST /v1/chat/completions: validate, render with the model's chat template, generate, answer.
+"""POST /v1/chat/completions: check, render with the model's harmony chat template, generate, answer.
 
-Streamed answers are OpenAI SSE chunks ending in `data: [DONE]`; a failure after the stream started is sent
-as a `data: {"error": ...}` event (which the openai client raises as an APIError) and the stream ends.
+Rendering (models/harmony_chat_template.jinja): the system message carries reasoning_effort (the request's,
+else the profile's), the developer message the client's system/developer prompt as instructions, the tools in
+harmony's `functions` namespace and the response_format as a "# Response Formats" section. tool_choice:
+- "none": the tools are not rendered at all, so the model cannot know of them;
+- "auto" (the default with tools): the model decides;
+- a named function, or "required" with a single tool: the assistant's tool-call header is pre-filled after
+  the generation prompt, exactly as the template renders past calls (`<|channel|>commentary
+  to=functions.NAME <|constrain|>json<|message|>`), and the parser is primed with the same ids, so whatever
+  the model writes next parses as that call's arguments;
+- "required" with several tools: the header is pre-filled up to `to=functions.` and the model picks the name.
+parallel_tool_calls=false keeps only the first call. response_format is a prompt, not a grammar: the model is
+asked for that schema; nothing constrains the tokens.
 """
 from __future__ import annotations
 
 import contextlib
-import json
-import logging
 import time
+import uuid
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from aiohttp import web
+from jinja2 import TemplateError
 
+from . import logprobs as lp
 from .errors import APIError
+from .generation import (
+    Choice,
+    Output,
+    StopStrings,
+    collect,
+    generate,
+    release,
+    sse,
+    stream_sse,
+    submit,
+    usage,
+)
 from .harmony import Delta, HarmonyParser
+from .params import CHAT, invalid, parse_body, sampling
 
 if TYPE_CHECKING:
     from .actor import Front
 
-log = logging.getLogger("front.chat")
-ROLES = {"system", "developer", "user", "assistant", "tool"}
+CALL_HEADER = "<|channel|>commentary to=functions.{name} <|constrain|>json<|message|>"
 
 
-def _read_json(raw: bytes) -> dict[str, Any]:
+def _tool_plan(body: dict[str, Any]) -> tuple[list[dict[str, Any]] | None, str | None]:
+    """(tools to render, header text to pre-fill) for the request's tools and tool_choice."""
+    tools = body.get("tools") or None
+    choice = body.get("tool_choice", "auto" if tools else "none")
+    if choice == "none":
+        return None, None
+    if tools is None:
+        raise invalid("tool_choice", f"{choice!r} needs 'tools'" if isinstance(choice, str) else "needs 'tools'")
+    names = [t["function"]["name"] for t in tools]
+    if isinstance(choice, dict):
+        if choice["function"]["name"] not in names:
+            raise invalid("tool_choice", f"names function {choice['function']['name']!r}, which is not in 'tools'")
+        return tools, CALL_HEADER.format(name=choice["function"]["name"])
+    if choice == "required":
+        return tools, CALL_HEADER.format(name=names[0]) if len(names) == 1 else "<|channel|>commentary to=functions."
+    return tools, None
+
+
+def _response_format(body: dict[str, Any]) -> dict[str, Any] | None:
+    rf = body.get("response_format") or {"type": "text"}
+    if rf["type"] == "json_object":
+        return {"name": "json_object", "schema": {"type": "object"}}
+    if rf["type"] == "json_schema":
+        js = rf["json_schema"]
+        return {"name": js["name"], "description": js.get("description"), "schema": js.get("schema", {})}
+    return None
+
+
+def render(front: Front, body: dict[str, Any]) -> tuple[list[int], list[int]]:
+    """(prompt ids, pre-filled ids): the second is a suffix of the first, the start of a forced tool call."""
+    tools, prefill = _tool_plan(body)
+    kwargs: dict[str, Any] = {"reasoning_effort": body.get("reasoning_effort", front.cfg.get("reasoning_effort"))}
+    if tools:
+        kwargs["tools"] = tools
+    rf = _response_format(body)
+    if rf:
+        kwargs["response_format"] = rf
     try:
-        body = json.loads(raw)
-    except ValueError as exc:
-        raise APIError(400, f"request body is not valid JSON: {exc}", "invalid_json") from None
-    if not isinstance(body, dict):
-        raise APIError(400, "request body must be a JSON object", "invalid_json")
-    return body
-
-
-def _number(body: dict[str, Any], name: str, lo: float, hi: float, default: Any, integer: bool = False) -> Any:
-    value = body.get(name)
-    if value is None:
-        return default
-    kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or not lo <= value <= hi:
-        what = "an integer" if integer else "a number"
-        raise APIError(400, f"'{name}' must be {what} between {lo} and {hi}", "invalid_value", name)
-    return value
-
-
-def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
-    msgs = body.get("messages")
-    if not isinstance(msgs, list) or not msgs:
-        raise APIError(400, "'messages' must be a non-empty array", "invalid_value", "messages")
-    out = []
-    for i, m in enumerate(msgs):
-        if not isinstance(m, dict) or m.get("role") not in ROLES:
-            raise APIError(400, f"messages[{i}] needs a 'role' in {sorted(ROLES)}", "invalid_value", f"messages[{i}]")
-        content = m.get("content")
-        if isinstance(content, list):  # content parts: keep the text ones
-            texts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
-            if len(texts) != len(content) or not all(isinstance(t, str) for t in texts):
-                raise APIError(400, f"messages[{i}].content parts must be text parts", "invalid_value",
-                               f"messages[{i}].content")
-            content = "".join(texts)
-        elif content is not None and not isinstance(content, str):
-            raise APIError(400, f"messages[{i}].content must be a string or an array of parts", "invalid_value",
-                           f"messages[{i}].content")
-        out.append({**m, "content": content or ""})
-    return out
-
-
-def parse_request(front: "Front", body: dict[str, Any]) -> tuple[list[int], dict[str, Any], bool, bool]:
-    model = body.get("model")
-    if not isinstance(model, str):
-        raise APIError(400, "'model' is required", "invalid_value", "model")
-    if model not in (front.model_id, front.cfg["model"]):
-        raise APIError(404, f"model {model!r} does not exist; this server serves {front.model_id!r}",
-                       "model_not_found", "model")
-    messages = _messages(body)
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise APIError(400, "'stream' must be a boolean", "invalid_value", "stream")
-    n = _number(body, "n", 1, 1, 1, integer=True)
-    del n  # several choices per request come with the engine's parallel sampling
-    max_len = int(front.cfg["engine"]["max_model_len"])
-    max_tokens = _number(body, "max_completion_tokens", 1, max_len, None, integer=True)
-    max_tokens = _number(body, "max_tokens", 1, max_len, max_tokens, integer=True)
-    temperature = _number(body, "temperature", 0, 2, 1.0)
-    top_p = _number(body, "top_p", 0, 1, 1.0)
-    if top_p == 0:
-        raise APIError(400, "'top_p' must be greater than 0", "invalid_value", "top_p")
-    seed = _number(body, "seed", -(2**63), 2**63 - 1, None, integer=True)
-    include_usage = bool((body.get("stream_options") or {}).get("include_usage", False))
-    ignore_eos = body.get("ignore_eos", False)  # vLLM's extension, for fixed-length benchmarks
-    if not isinstance(ignore_eos, bool):
-        raise APIError(400, "'ignore_eos' must be a boolean", "invalid_value", "ignore_eos")
-    prompt_ids = front.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                                     return_dict=False)
-    if hasattr(prompt_ids, "input_ids"):
-        prompt_ids = prompt_ids["input_ids"]
-    prompt_ids = [int(t) for t in prompt_ids]
-    if max_tokens is None:
-        max_tokens = min(int(front.cfg["engine"]["default_max_tokens"]), max(1, max_len - len(prompt_ids)))
-    if len(prompt_ids) + max_tokens > max_len:
-        raise APIError(400, f"this model's maximum context length is {max_len} tokens; the messages use "
-                            f"{len(prompt_ids)} tokens and {max_tokens} more were requested for the completion",
-                       "context_length_exceeded", "messages")
-    params = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p, "seed": seed,
-              "ignore_eos": ignore_eos}
-    return prompt_ids, params, stream, include_usage
-
-
-async def chat_completions(request: web.Request) -> web.StreamResponse:
-    front: "Front" = request.app["front"]
-    if not front.accepting():
-        raise APIError(503, "server is shutting down", "shutting_down")
-    prompt_ids, params, stream, include_usage = parse_request(front, _read_json(await request.read()))
-    front.count("requests_total")
-    resp_id = f"chatcmpl-{int(time.time() * 1000):x}"
-    created = int(time.time())
-    deterministic = not stream and (params["temperature"] == 0 or params["seed"] is not None)
-    key = front.cache_key("chat", prompt_ids, params) if deterministic else None
-    if key is not None:
-        cached = await front.cache_get(key)
-        if cached is not None:
-            front.count("cache_hits_total")
-            return web.json_response({**cached, "id": resp_id, "created": created})
-    pending = front.streams.submit(prompt_ids, params)
-    parser = HarmonyParser(front.tokenizer, pending.id)
-
-    def usage(n: int) -> dict[str, Any]:
-        return {"prompt_tokens": len(prompt_ids), "completion_tokens": n, "total_tokens": len(prompt_ids) + n,
-                "completion_tokens_details": {"reasoning_tokens": parser.reasoning_tokens}}
-
-    def finish_reason(engine_finish: str | None) -> str | None:
-        # harmony's own end (<|call|> → tool_calls, <|return|> → stop) wins; else the engine's (length)
-        return parser.finish_reason or engine_finish
-
-    if not stream:
-        n, finish = 0, None
-        async with contextlib.aclosing(front.streams.events(pending)) as events:
-            async for ids, finish in events:
-                n += len(ids)
-                parser.feed(ids)
-        parser.finish()
-        res = parser.result()
-        message: dict[str, Any] = {"role": "assistant", "content": res.content if res.content or not res.tool_calls
-                                   else None}
-        if res.reasoning:
-            message["reasoning_content"] = message["reasoning"] = res.reasoning
-        if res.tool_calls:
-            message["tool_calls"] = [{"id": c.id, "type": "function",
-                                      "function": {"name": c.name, "arguments": c.arguments}} for c in res.tool_calls]
-        body = {"id": resp_id, "object": "chat.completion", "created": created, "model": front.model_id,
-                "choices": [{"index": 0, "message": message, "finish_reason": finish_reason(finish),
-                             "logprobs": None}],
-                "usage": usage(n)}
-        if key is not None:
-            front.cache_put(key, body)
-        return web.json_response(body)
-
-    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                                       "X-Accel-Buffering": "no"})
-    await resp.prepare(request)
-
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-        obj = {"id": resp_id, "object": "chat.completion.chunk", "created": created, "model": front.model_id,
-               "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}]}
-        return b"data: " + orjson.dumps(obj) + b"\n\n"
-
-    n = 0
-    try:
-        await resp.write(chunk({"role": "assistant", "content": ""}))
-        async with contextlib.aclosing(front.streams.events(pending)) as events:
-            async for ids, finish in events:
-                n += len(ids)
-                deltas = parser.feed(ids) + (parser.finish() if finish else [])
-                out = b"".join(chunk(_delta(d)) for d in deltas)
-                if finish:
-                    out += chunk({}, finish_reason(finish))
-                if out:
-                    await resp.write(out)
-        if include_usage:
-            await resp.write(b"data: " + orjson.dumps({"id": resp_id, "object": "chat.completion.chunk",
-                                                      "created": created, "model": front.model_id, "choices": [],
-                                                      "usage": usage(n)}) + b"\n\n")
-        await resp.write(b"data: [DONE]\n\n")
-    except APIError as exc:
-        front.count("stream_errors_total")
-        log.warning("stream failed", extra={"event": "stream_error", "request_id": pending.id, "code": exc.code})
-        with contextlib.suppress(ConnectionError):
-            await resp.write(b"data: " + orjson.dumps(exc.body()) + b"\n\n")
-    except ConnectionError:
-        front.count("client_disconnects_total")  # the events generator's close already sent the abort
-    return resp
+        ids = front.tokenizer.apply_chat_template(body["messages"], add_generation_prompt=True, tokenize=True,
+                                                  return_dict=False, **kwargs)
+    except TemplateError as exc:
+        raise invalid("messages", f"cannot be rendered: {exc}") from None
+    if hasattr(ids, "input_ids"):
+        ids = ids["input_ids"]
+    pre = front.tokenizer.encode(prefill, add_special_tokens=False) if prefill else []
+    return [int(t) for t in ids] + pre, pre
 
 
 def _delta(d: Delta) -> dict[str, Any]:
@@ -206,3 +108,89 @@ def _delta(d: Delta) -> dict[str, Any]:
     if call.name is not None:
         piece["function"]["name"] = call.name
     return {"tool_calls": [piece]}
+
+
+def _message(out: Output, parallel: bool) -> dict[str, Any]:
+    calls = out.tool_calls if parallel else out.tool_calls[:1]
+    message: dict[str, Any] = {"role": "assistant", "content": out.content if out.content or not calls else None}
+    if out.reasoning:
+        message["reasoning_content"] = message["reasoning"] = out.reasoning
+    if calls:
+        message["tool_calls"] = calls
+    return message
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    front: Front = request.app["front"]
+    if not front.accepting():
+        raise APIError(503, "server is shutting down", "shutting_down")
+    body = parse_body(front, await request.read(), CHAT)
+    if "top_logprobs" in body and not body.get("logprobs"):
+        raise invalid("top_logprobs", "needs 'logprobs': true")
+    want_lp = bool(body.get("logprobs"))
+    s = sampling(body, body.get("top_logprobs", 0) if want_lp else None,
+                 body.get("max_completion_tokens", body.get("max_tokens")))
+    prompt_ids, prefill = render(front, body)
+    parallel = body.get("parallel_tool_calls", True)
+    choices, first = [], []
+    for i in range(s.n):
+        parser = HarmonyParser(front.tokenizer)
+        first.append(parser.feed(prefill))  # the forced call's opening delta (id, name), if any
+        choices.append(Choice(i, prompt_ids, s.params(front, len(prompt_ids), i, "messages"), parser,
+                              StopStrings(s.stop)))
+    front.count("requests_total")
+    resp_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+    tokens = lp.Tokens(front.tokenizer)
+
+    if not body.get("stream"):
+        deterministic = s.wire["temperature"] == 0 or s.wire["seed"] is not None
+        key = front.cache_key("chat", prompt_ids, [[c.params for c in choices], s.stop, parallel]) \
+            if deterministic else None
+        cached = await front.cache_get(key) if key else None
+        if cached is not None:
+            front.count("cache_hits_total")
+            return web.json_response({**cached, "id": resp_id, "created": created})
+        outs = await collect(front, choices, first)
+        result = {"id": resp_id, "object": "chat.completion", "created": created, "model": front.model_id,
+                  "choices": [{"index": o.choice.index, "message": _message(o, parallel),
+                               "finish_reason": o.choice.finish,
+                               "logprobs": {"content": lp.chat(tokens, o.logprobs)} if want_lp else None}
+                              for o in outs],
+                  "usage": usage(len(prompt_ids), choices)}
+        if key is not None:
+            front.cache_put(key, result)
+        return web.json_response(result)
+
+    def chunk(index: int, delta: dict[str, Any], finish: str | None = None, lps: list | None = None) -> bytes:
+        return sse({"id": resp_id, "object": "chat.completion.chunk", "created": created, "model": front.model_id,
+                    "choices": [{"index": index, "delta": delta, "finish_reason": finish,
+                                 "logprobs": {"content": lp.chat(tokens, lps)} if lps else None}]})
+
+    def pieces(ev_deltas: list[Delta]) -> list[Delta]:
+        return [d for d in ev_deltas if parallel or d.tool_call is None or d.tool_call.index == 0]
+
+    async def events() -> AsyncIterator[bytes]:
+        for c, deltas in zip(choices, first):
+            yield chunk(c.index, {"role": "assistant", "content": ""}) + \
+                b"".join(chunk(c.index, _delta(d)) for d in deltas)
+        async with contextlib.aclosing(generate(front, choices)) as evs:
+            async for ev in evs:
+                i, deltas = ev.choice.index, pieces(ev.deltas)
+                # this batch's logprobs ride on its first chunk (an empty delta if stop strings hold its text back)
+                lps = ev.logprobs if want_lp and ev.logprobs else None
+                out = [chunk(i, _delta(d), lps=lps if k == 0 else None) for k, d in enumerate(deltas)]
+                if lps and not deltas:
+                    out.append(chunk(i, {}, lps=lps))
+                if ev.finish is not None:
+                    out.append(chunk(i, {}, ev.finish))
+                if out:
+                    yield b"".join(out)
+        if body.get("stream_options", {}).get("include_usage"):
+            yield sse({"id": resp_id, "object": "chat.completion.chunk", "created": created, "model": front.model_id,
+                       "choices": [], "usage": usage(len(prompt_ids), choices)})
+
+    submit(front, choices)
+    try:
+        return await stream_sse(request, front, events)
+    finally:
+        release(front, choices)  # a client gone before the first event never ran generate's clean-up

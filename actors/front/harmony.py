@@ -90,6 +90,7 @@ class HarmonyParser:
             self.special[int(tid)] = name
         self.finish_reason: str | None = None
         self.reasoning_tokens = 0  # body tokens of analysis messages: usage's reasoning_tokens
+        self.content_mask: list[bool] = []  # per id of the last feed: was it content body text?
         self.tool_calls: list[ToolCall] = []
         self._reasoning: list[str] = []
         self._content: list[str] = []
@@ -103,8 +104,12 @@ class HarmonyParser:
     # ---- public API -------------------------------------------------------------------------------------
 
     def feed(self, ids: list[int]) -> list[Delta]:
+        self.content_mask = []
         for tid in ids:
-            self._step(int(tid))
+            tid = int(tid)
+            # content body text: the tokens whose logprobs a client asks for (chat reports the answer's only)
+            self.content_mask.append(self._state == "body" and self._kind == "content" and tid not in self.special)
+            self._step(tid)
         out, self._out = self._out, []
         return out
 

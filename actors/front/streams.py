@@ -79,11 +79,11 @@ class Streams:
         if p is not None:
             p.queue.put_nowait(APIError(status, message, code))
 
-    def on_tokens(self, req_id: str, ids: list[int], finish: str | None) -> bool:
+    def on_tokens(self, req_id: str, ids: list[int], finish: str | None, logprobs: list | None = None) -> bool:
         p = self.pending.get(req_id)
         if p is None:
             return False
-        p.queue.put_nowait((ids, finish))
+        p.queue.put_nowait((ids, logprobs, finish))
         return True
 
     def on_tree(self, actors: dict[str, Any]) -> None:
@@ -107,8 +107,10 @@ class Streams:
             p.queue.put_nowait(APIError(503, message, code))
 
     # ---- events out ------------------------------------------------------------------------------------
-    async def events(self, p: Pending) -> AsyncIterator[tuple[list[int], str | None]]:
-        """Token batches until the finish reason; raises APIError on reject, rank failure or timeout."""
+    async def events(self, p: Pending) -> AsyncIterator[tuple[list[int], list | None, str | None]]:
+        """(ids, logprobs, finish) batches until the finish reason; raises APIError on reject, rank failure or
+        timeout. logprobs is None unless the request asked for them and the rank computed them: one
+        `[chosen_logprob, [[token_id, logprob], ...]]` per id."""
         deadline = p.created + self.request_timeout_s
         try:
             while True:
@@ -129,10 +131,10 @@ class Streams:
                 if isinstance(ev, APIError):
                     p.finished = True
                     raise ev
-                ids, finish = ev
+                ids, logprobs, finish = ev
                 if finish is not None:
                     p.finished = True
-                yield ids, finish
+                yield ids, logprobs, finish
                 if finish is not None:
                     return
         finally:

@@ -1,0 +1,114 @@
+"""POST /v1/completions: raw prompts in, raw text out (no chat template, no harmony parsing).
+
+A prompt is a string (special-token text such as `<|start|>` becomes the special token, so a hand-written
+harmony prompt works), an array of strings, an array of token ids, or an array of such arrays. Each prompt
+gets n choices, indexed prompt * n + j as OpenAI does. max_tokens defaults to 16, OpenAI's default here.
+logprobs (an int: top-N alternatives) come in the legacy parallel-array shape; with echo the prompt text is
+prepended, but the ranks compute no prompt logprobs, so logprobs cover the generated tokens only (their
+text_offset counts from the start of the echoed prompt).
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from . import logprobs as lp
+from .errors import APIError
+from .generation import (
+    Choice,
+    PlainDecoder,
+    StopStrings,
+    collect,
+    generate,
+    release,
+    sse,
+    stream_sse,
+    submit,
+    usage,
+)
+from .params import COMPLETIONS, invalid, parse_body, sampling
+
+if TYPE_CHECKING:
+    from .actor import Front
+
+DEFAULT_MAX_TOKENS = 16
+
+
+def _prompts(front: Front, prompts: list[str | list[int]]) -> list[list[int]]:
+    vocab = len(front.tokenizer)
+    out = []
+    for i, p in enumerate(prompts):
+        ids = front.tokenizer.encode(p, add_special_tokens=False) if isinstance(p, str) else p
+        if isinstance(p, list) and max(p) >= vocab:
+            raise invalid("prompt", f"holds token id {max(p)}, outside the vocabulary of {vocab} tokens")
+        out.append([int(t) for t in ids])
+    return out
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    front: Front = request.app["front"]
+    if not front.accepting():
+        raise APIError(503, "server is shutting down", "shutting_down")
+    body = parse_body(front, await request.read(), COMPLETIONS)
+    s = sampling(body, body.get("logprobs"), body.get("max_tokens", DEFAULT_MAX_TOKENS))
+    prompts = _prompts(front, body["prompt"])
+    echo = body.get("echo", False)
+    echoed = [front.tokenizer.decode(ids, skip_special_tokens=False) if echo else "" for ids in prompts]
+    choices = [Choice(i * s.n + j, ids, s.params(front, len(ids), j, "prompt"), PlainDecoder(front.tokenizer),
+                      StopStrings(s.stop))
+               for i, ids in enumerate(prompts) for j in range(s.n)]
+    prompt_tokens = sum(len(ids) for ids in prompts)
+    front.count("requests_total")
+    resp_id, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+    tokens = lp.Tokens(front.tokenizer)
+
+    def choice(c: Choice, text: str, entries: list, offset: int, finish: str | None) -> dict[str, Any]:
+        return {"index": c.index, "text": text, "finish_reason": finish,
+                "logprobs": lp.completion(tokens, entries, offset) if s.logprobs is not None else None}
+
+    if not body.get("stream"):
+        deterministic = s.wire["temperature"] == 0 or s.wire["seed"] is not None
+        key = front.cache_key("completions", prompts, [[c.params for c in choices], s.stop, echo]) \
+            if deterministic else None
+        cached = await front.cache_get(key) if key else None
+        if cached is not None:
+            front.count("cache_hits_total")
+            return web.json_response({**cached, "id": resp_id, "created": created})
+        outs = await collect(front, choices)
+        result = {"id": resp_id, "object": "text_completion", "created": created, "model": front.model_id,
+                  "choices": [choice(o.choice, echoed[o.choice.index // s.n] + o.content, o.logprobs,
+                                     len(echoed[o.choice.index // s.n]), o.choice.finish) for o in outs],
+                  "usage": usage(prompt_tokens, choices)}
+        if key is not None:
+            front.cache_put(key, result)
+        return web.json_response(result)
+
+    def chunk(c: Choice, text: str, entries: list, offset: int, finish: str | None = None) -> bytes:
+        return sse({"id": resp_id, "object": "text_completion", "created": created, "model": front.model_id,
+                    "choices": [choice(c, text, entries, offset, finish)]})
+
+    async def events() -> AsyncIterator[bytes]:
+        offsets = [len(echoed[c.index // s.n]) for c in choices]  # characters sent so far, per choice
+        if echo:
+            yield b"".join(chunk(c, echoed[c.index // s.n], [], 0) for c in choices)
+        async with contextlib.aclosing(generate(front, choices)) as evs:
+            async for ev in evs:
+                c = ev.choice
+                text = "".join(d.content for d in ev.deltas)
+                if text or ev.logprobs or ev.finish:
+                    yield chunk(c, text, ev.logprobs, offsets[c.index], ev.finish)
+                offsets[c.index] += len(text)
+        if body.get("stream_options", {}).get("include_usage"):
+            yield sse({"id": resp_id, "object": "text_completion", "created": created, "model": front.model_id,
+                       "choices": [], "usage": usage(prompt_tokens, choices)})
+
+    submit(front, choices)
+    try:
+        return await stream_sse(request, front, events)
+    finally:
+        release(front, choices)  # a client gone before the first event never ran generate's clean-up

@@ -258,3 +258,107 @@ def test_missing_special_token_is_a_clear_error():
 def test_delta_shapes():
     assert Delta(content="x") == Delta(None, "x", None)
     assert ToolCallDelta(0, "call_1", "f").arguments == ""
+
+
+# ---- rendering requests (actors/front/chat.py's render over the tiny model's template) -------------------
+
+WEATHER_TOOL = {"type": "function", "function": {"name": "get_weather", "description": "Gets the weather.",
+                                                 "parameters": {"type": "object", "properties": {
+                                                     "city": {"type": "string"}}, "required": ["city"]}}}
+
+
+@pytest.fixture(scope="module")
+def ttok():
+    """The tiny tokenizer with the repository's template (the built checkpoint holds a copy made at build time)."""
+    from gptoss.models.tiny import CHAT_TEMPLATE
+
+    t = load_tokenizer(ensure_tiny())
+    t.chat_template = CHAT_TEMPLATE.read_text(encoding="utf-8")
+    return t
+
+
+def render_request(tok, **body):
+    from types import SimpleNamespace
+
+    import orjson
+
+    from gptoss.actors.front.chat import render
+    from gptoss.actors.front.params import CHAT, parse_body
+
+    front = SimpleNamespace(tokenizer=tok, model_id="gpt-oss-tiny", cfg={"model": "tiny", "reasoning_effort": "low"})
+    body = parse_body(front, orjson.dumps({"model": "gpt-oss-tiny", **body}), CHAT)
+    ids, prefill = render(front, body)
+    return tok.decode(ids, skip_special_tokens=False), tok.decode(prefill, skip_special_tokens=False)
+
+
+def test_render_reasoning_effort_from_request_else_profile(ttok):
+    tok = ttok
+    user = [{"role": "user", "content": "hi"}]
+    assert "Reasoning: low" in render_request(tok, messages=user)[0]  # the profile's
+    assert "Reasoning: high" in render_request(tok, messages=user, reasoning_effort="high")[0]
+
+
+def test_render_instructions_tools_and_response_format(ttok):
+    tok = ttok
+    text, prefill = render_request(tok, messages=[
+        {"role": "system", "content": [{"type": "text", "text": "Be "}, {"type": "text", "text": "brief."}]},
+        {"role": "user", "content": "Weather in Paris?"}], tools=[WEATHER_TOOL], response_format={
+        "type": "json_schema", "json_schema": {"name": "weather", "description": "A report.",
+                                               "schema": {"type": "object", "properties": {"t": {"type": "number"}}}}})
+    dev = text.split("<|start|>developer<|message|>")[1].split("<|end|>")[0]
+    assert dev.startswith("# Instructions\n\nBe brief.\n\n# Tools\n\n## functions\n\nnamespace functions {")
+    assert "type get_weather = (_: {\ncity: string,\n}) => any;" in dev
+    assert dev.endswith('# Response Formats\n\n## weather\n\n// A report.\n'
+                        '{"type":"object","properties":{"t":{"type":"number"}}}')
+    assert "Calls to these tools must go to the commentary channel: 'functions'." in text
+    assert text.endswith("<|start|>assistant") and prefill == ""
+
+
+def test_render_tool_choice(ttok):
+    tok = ttok
+    user = [{"role": "user", "content": "Weather in Paris?"}]
+    text, prefill = render_request(tok, messages=user, tools=[WEATHER_TOOL], tool_choice="none")
+    assert "get_weather" not in text and "<|start|>developer" not in text
+    header = "<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>"
+    for choice in ({"type": "function", "function": {"name": "get_weather"}}, "required"):
+        text, prefill = render_request(tok, messages=user, tools=[WEATHER_TOOL], tool_choice=choice)
+        assert prefill == header and text.endswith("<|start|>assistant" + header)
+    two = [WEATHER_TOOL, {"type": "function", "function": {"name": "get_time"}}]
+    assert render_request(tok, messages=user, tools=two, tool_choice="required")[1] == \
+        "<|channel|>commentary to=functions."
+
+
+def test_primed_parser_reads_a_forced_call(tok):
+    """The pre-filled header, fed to the parser, opens the call; the model's text is its arguments."""
+    p = HarmonyParser(tok)
+    first = p.feed(enc(tok, "<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>"))
+    assert [(d.tool_call.name, d.tool_call.arguments) for d in first] == [("get_weather", "")]
+    p.feed(enc(tok, '{"city": "Paris"}<|call|>'))
+    assert p.result().tool_calls[0].arguments == '{"city": "Paris"}' and p.finish_reason == "tool_calls"
+
+
+def test_render_multi_turn_tool_round_trip(ttok):
+    tok = ttok
+    text, _ = render_request(tok, tools=[WEATHER_TOOL], messages=[
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "reasoning_content": "Need the tool.", "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": '{"temperature": 20}'},
+        {"role": "assistant", "reasoning_content": "Old thoughts.", "content": "It is 20 degrees."},
+        {"role": "user", "content": "Thanks"}])
+    assert ("<|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>"
+            '{"city": "Paris"}<|call|>') in text
+    assert '<|start|>functions.get_weather to=assistant<|channel|>commentary<|message|>{"temperature": 20}<|end|>' in text
+    assert "<|start|>assistant<|channel|>final<|message|>It is 20 degrees.<|end|>" in text
+    # earlier reasoning is dropped once a final answer follows it, as harmony prescribes
+    assert "Need the tool." not in text and "Old thoughts." not in text
+
+
+def test_content_mask_marks_answer_tokens_only(tok):
+    p = HarmonyParser(tok)
+    ids = enc(tok, THINK_FINAL)
+    mask = []
+    for t in ids:
+        p.feed([t])
+        mask += p.content_mask
+    assert tok.decode([t for t, m in zip(ids, mask) if m]) == "It is sunny in Paris."

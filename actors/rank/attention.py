@@ -17,7 +17,7 @@ after subtracting the row max, the sink column dropped. Sliding layers (`module.
 see key positions k with q - window < k <= q, as in transformers' sliding mask.
 
 KV layout (`KVCache`):
-- full-attention layers are paged: one pool `[num_blocks * block_size, kv_heads, head_dim]` per layer,
+- full-attention layers are paged: one pool `[kv_heads, num_blocks * block_size, head_dim]` per layer,
   addressed through each request's block table (block_manager.py; mirrored on the device in `tables`,
   one row per running slot). Memory follows the tokens actually held, not max_model_len per request.
 - sliding layers keep a ring of `window` positions per running slot (position p at p % window). A sliding
@@ -74,7 +74,7 @@ class KVCache:
         self.v: list[torch.Tensor] = []
         for t in self.layer_types:
             rows = slots * self.window if t == "sliding_attention" else num_blocks * block_size
-            shape = (rows, self.kv_heads, self.head_dim)
+            shape = (self.kv_heads, rows, self.head_dim)  # head-major: a gather is already [kvh, ...] for matmul
             self.k.append(torch.zeros(shape, device=device, dtype=dtype))
             self.v.append(torch.zeros(shape, device=device, dtype=dtype))
 
@@ -90,7 +90,7 @@ class _Group:
     keep: torch.Tensor  # [k] rows of the flattened [c * Nmax] output that are real tokens
     out_idx: torch.Tensor  # [k] their flat token indices
     pre_idx: torch.Tensor | None  # [c, P] cache rows of the cached prefix (None: no chunk has one)
-    hidden: torch.Tensor  # [c, 1, 1, Nmax, P + Nmax] bool, True where the key is NOT visible
+    hidden: torch.Tensor  # [c, 1, Nmax, P + Nmax] bool, True where the key is NOT visible
 
 
 @dataclass
@@ -98,7 +98,7 @@ class _LayerPlan:
     write_src: torch.Tensor | None  # flat token indices whose K/V are stored (None: every token)
     write_dst: torch.Tensor  # cache rows they go to
     dec_gather: torch.Tensor | None  # [n_dec, Lb] cache rows read by decode tokens
-    dec_hidden: torch.Tensor | None  # [n_dec, 1, 1, 1, Lb] bool, True where the key is NOT visible
+    dec_hidden: torch.Tensor | None  # [n_dec, 1, 1, Lb] bool, True where the key is NOT visible
     groups: list[_Group]
 
 
@@ -108,54 +108,55 @@ class StepBatch:
     `segs` lists (slot, start, n, first_pos): the request in `slot` contributes flat tokens
     [start, start + n) at positions first_pos.. ; `positions` is the packed position_ids row [T].
     A one-token segment is a decode (it may read positions < first_pos); longer ones are prefill chunks.
-    The cache's block tables must already cover every position written this step.
+    Decodes come first, so the first `n_dec` tokens are the decode tokens in segment order (no index
+    tensors for them). The cache's block tables must already cover every position written this step.
     """
 
     def __init__(self, cache: KVCache, segs: list[tuple[int, int, int, int]], positions: torch.Tensor) -> None:
         self.cache = cache
         dev = positions.device
         seg = torch.tensor(segs, dtype=torch.long).to(dev)  # [S, 4]
-        slots, starts, ns, firsts = seg.unbind(1)
-        dec_rows = [i for i, s in enumerate(segs) if s[2] == 1]
-        chunk_rows = [i for i, s in enumerate(segs) if s[2] > 1]
-        self.all_decode = not chunk_rows
-        self.n_dec = len(dec_rows)
-        self.dec_idx = starts[dec_rows] if dec_rows else None
-        tok_slot = torch.repeat_interleave(slots, ns)
-        tok_end = torch.repeat_interleave(firsts + ns, ns)
-        max_dec_pos = max((segs[i][3] for i in dec_rows), default=-1)
+        slots, _starts, ns, firsts = seg.unbind(1)
+        n_dec = 0
+        while n_dec < len(segs) and segs[n_dec][2] == 1:
+            n_dec += 1
+        assert all(s[2] > 1 for s in segs[n_dec:]), "decode segments must come first"
+        self.n_dec = n_dec
+        self.all_decode = n_dec == len(segs)
+        tok_slot = slots if self.all_decode else torch.repeat_interleave(slots, ns)
         bs, window = cache.block_size, cache.window
+        if n_dec:
+            dslots, dpos = slots[:n_dec], firsts[:n_dec]
+            max_dec_pos = max(s[3] for s in segs[:n_dec])
         self.plans: dict[str, _LayerPlan] = {}
         for kind in set(cache.layer_types):
             sliding = kind == "sliding_attention"
+            src = None
             if sliding:
-                # a ring keeps only the last `window` positions of a segment (and index_copy_ must not
-                # see one row twice)
-                src = None
                 if any(s[2] > window for s in segs):
+                    # a ring keeps only the last `window` positions of a segment (and index_copy_ must not
+                    # see one row twice)
+                    tok_end = torch.repeat_interleave(firsts + ns, ns)
                     src = (positions >= tok_end - window).nonzero().squeeze(1)
                 sel = positions if src is None else positions[src]
                 dst = (tok_slot if src is None else tok_slot[src]) * window + sel % window
             else:
-                src = None
                 dst = cache.tables[tok_slot, positions // bs] * bs + positions % bs
             gather = hidden = None
-            if dec_rows:
-                dslots, dpos = slots[dec_rows], firsts[dec_rows]
+            if n_dec:
                 # Full layers read positions 0..pos; a ring entry j holds the newest position == j (mod
                 # window) written so far, and with pos >= window - 1 every entry is inside the window
                 # (before that only entries j <= pos exist). Either way: the first min(length, pos + 1).
                 lb = min(window, max_dec_pos + 1) if sliding else max_dec_pos + 1
                 cols = torch.arange(lb, device=dev)
                 if sliding:
-                    gather = dslots[:, None] * window + cols[None, :]
+                    gather = dslots[:, None] * window + cols
                 else:
-                    nblk = -(-lb // bs)
-                    blocks = cache.tables[dslots, :nblk]  # [n_dec, nblk]
-                    gather = (blocks[:, :, None] * bs + torch.arange(bs, device=dev)).reshape(len(dec_rows), -1)
-                    gather = gather[:, :lb]
-                hidden = (cols[None, :] > dpos[:, None])[:, None, None, None, :]
-            groups = [self._group(segs, rows, seg, sliding) for rows in _bucket(segs, chunk_rows, window, sliding)]
+                    blocks = cache.tables[dslots, : -(-lb // bs)]  # [n_dec, blocks]
+                    gather = (blocks[:, :, None] * bs + torch.arange(bs, device=dev)).view(n_dec, -1)[:, :lb]
+                hidden = (cols > dpos[:, None])[:, None, None, :]
+            groups = [self._group(segs, rows, seg, sliding)
+                      for rows in _bucket(segs, list(range(n_dec, len(segs))), window, sliding)]
             self.plans[kind] = _LayerPlan(src, dst, gather, hidden, groups)
 
     def _group(self, segs: list[tuple[int, int, int, int]], rows: list[int], seg: torch.Tensor,
@@ -187,7 +188,7 @@ class StepBatch:
         visible = kreal[:, None, :] & (kpos[:, None, :] <= qpos[:, :, None])
         if sliding:
             visible &= kpos[:, None, :] > qpos[:, :, None] - window
-        return _Group(q_idx, keep, q_idx.flatten()[keep], pre_idx, (~visible)[:, None, None])
+        return _Group(q_idx, keep, q_idx.flatten()[keep], pre_idx, (~visible)[:, None])
 
 
 def _bucket(segs: list[tuple[int, int, int, int]], rows: list[int], window: int, sliding: bool) -> list[list[int]]:
@@ -223,17 +224,16 @@ def _softmax_with_sinks(logits: torch.Tensor, sinks: torch.Tensor) -> torch.Tens
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hidden: torch.Tensor, sinks: torch.Tensor,
             scaling: float) -> torch.Tensor:
-    """q [c, Nq, H, d], k/v [c, Lk, kvh, d], hidden [c, 1, 1, Nq, Lk] -> [c, Nq, H, d] (GQA without copies
-    of K/V per head: queries of one kv head are grouped as [kvh, g])."""
-    c, nq, h, d = q.shape
-    kvh = k.shape[2]
-    g = h // kvh
-    q = q.reshape(c, nq, kvh, g, d).permute(0, 2, 3, 1, 4)  # [c, kvh, g, Nq, d]
-    logits = torch.matmul(q, k.permute(0, 2, 3, 1).unsqueeze(2)) * scaling  # [c, kvh, g, Nq, Lk]
+    """q [kvh, c, g, Nq, d], k/v [kvh, c, Lk, d], hidden [c, 1, Nq, Lk] -> [kvh, c, g, Nq, d].
+
+    GQA without copying K/V per head: the g query heads of one kv head (times the Nq queries) are the rows
+    of one matmul against that head's keys, so every matmul is a plain contiguous batched GEMM."""
+    kvh, c, g, nq, d = q.shape
+    lk = k.shape[2]
+    logits = torch.matmul(q.reshape(kvh, c, g * nq, d), k.transpose(2, 3)).view(kvh, c, g, nq, lk) * scaling
     logits = logits.masked_fill(hidden, float("-inf"))
-    probs = _softmax_with_sinks(logits, sinks.view(1, kvh, g, 1, 1))
-    o = torch.matmul(probs.to(v.dtype), v.permute(0, 2, 1, 3).unsqueeze(2))  # [c, kvh, g, Nq, d]
-    return o.permute(0, 3, 1, 2, 4).reshape(c, nq, h, d)
+    probs = _softmax_with_sinks(logits, sinks.view(kvh, 1, g, 1, 1))
+    return torch.matmul(probs.to(v.dtype).view(kvh, c, g * nq, lk), v).view(kvh, c, g, nq, d)
 
 
 def engine_attention(
@@ -256,41 +256,45 @@ def engine_attention(
     layer = module.layer_idx
     plan = b.plans[b.cache.layer_types[layer]]
     _, n_heads, t, d = query.shape
-    k_new = key[0].transpose(0, 1)  # [T, kvh, d]
-    v_new = value[0].transpose(0, 1)
-    q_tok = query[0].transpose(0, 1)  # [T, H, d]
-    k_cache, v_cache = b.cache.k[layer], b.cache.v[layer]
+    kvh = key.shape[1]
+    g = n_heads // kvh
+    k_new, v_new = key[0], value[0]  # [kvh, T, d]
+    q_all = query[0].view(kvh, g, t, d)
+    k_cache, v_cache = b.cache.k[layer], b.cache.v[layer]  # [kvh, rows, d]
     sinks = module.sinks.to(query.dtype)
 
     # prefixes first: a chunk's writes below may overwrite ring entries its earlier queries still read
-    prefixes = [(k_cache[g.pre_idx], v_cache[g.pre_idx]) if g.pre_idx is not None else None for g in plan.groups]
+    prefixes = [(k_cache[:, gr.pre_idx], v_cache[:, gr.pre_idx]) if gr.pre_idx is not None else None
+                for gr in plan.groups]
     if plan.write_src is None:
-        k_cache.index_copy_(0, plan.write_dst, k_new)
-        v_cache.index_copy_(0, plan.write_dst, v_new)
+        k_cache.index_copy_(1, plan.write_dst, k_new)
+        v_cache.index_copy_(1, plan.write_dst, v_new)
     else:
-        k_cache.index_copy_(0, plan.write_dst, k_new.index_select(0, plan.write_src))
-        v_cache.index_copy_(0, plan.write_dst, v_new.index_select(0, plan.write_src))
+        k_cache.index_copy_(1, plan.write_dst, k_new.index_select(1, plan.write_src))
+        v_cache.index_copy_(1, plan.write_dst, v_new.index_select(1, plan.write_src))
+
+    def decode(q: torch.Tensor) -> torch.Tensor:  # q [kvh, g, n, d] -> [n, H, d]
+        o = _attend(q.transpose(1, 2).unsqueeze(3), k_cache[:, plan.dec_gather], v_cache[:, plan.dec_gather],
+                    plan.dec_hidden, sinks, scaling)  # [kvh, n, g, 1, d]
+        return o.permute(1, 3, 0, 2, 4).reshape(-1, n_heads, d)
 
     if b.all_decode:  # the steady state: one token per request, in segment order, nothing to scatter
-        o = _attend(q_tok.unsqueeze(1), k_cache[plan.dec_gather], v_cache[plan.dec_gather], plan.dec_hidden,
-                    sinks, scaling)
-        return o.reshape(1, t, n_heads, d), None
+        return decode(q_all).unsqueeze(0), None
 
     out = torch.empty((t, n_heads, d), dtype=query.dtype, device=query.device)
     if b.n_dec:
-        q = q_tok.index_select(0, b.dec_idx).unsqueeze(1)
-        o = _attend(q, k_cache[plan.dec_gather], v_cache[plan.dec_gather], plan.dec_hidden, sinks, scaling)
-        out.index_copy_(0, b.dec_idx, o.reshape(b.n_dec, n_heads, d))
-    for g, prefix in zip(plan.groups, prefixes):
-        k, v = k_new[g.q_idx], v_new[g.q_idx]  # [c, Nmax, kvh, d] (padding repeats a real key, masked)
+        out[: b.n_dec] = decode(q_all[:, :, : b.n_dec])
+    for gr, prefix in zip(plan.groups, prefixes):
+        c, nmax = gr.q_idx.shape
+        k, v = k_new[:, gr.q_idx], v_new[:, gr.q_idx]  # [kvh, c, Nmax, d] (padding repeats a real key, masked)
         if prefix is not None:
-            k, v = torch.cat([prefix[0], k], dim=1), torch.cat([prefix[1], v], dim=1)
-        q = q_tok[g.q_idx]  # [c, Nmax, H, d]
-        c, nmax = g.q_idx.shape
-        tile = max(1, ATTN_TILE_BYTES // (c * n_heads * k.shape[1] * 4))
-        o = torch.cat([_attend(q[:, i : i + tile], k, v, g.hidden[..., i : i + tile, :], sinks, scaling)
-                       for i in range(0, nmax, tile)], dim=1) if tile < nmax else _attend(q, k, v, g.hidden, sinks, scaling)
-        out.index_copy_(0, g.out_idx, o.reshape(c * nmax, n_heads, d).index_select(0, g.keep))
+            k, v = torch.cat([prefix[0], k], dim=2), torch.cat([prefix[1], v], dim=2)
+        q = q_all[:, :, gr.q_idx].transpose(1, 2)  # [kvh, c, g, Nmax, d]
+        tile = max(1, ATTN_TILE_BYTES // (c * n_heads * k.shape[2] * 4))
+        o = torch.cat([_attend(q[:, :, :, i : i + tile], k, v, gr.hidden[..., i : i + tile, :], sinks, scaling)
+                       for i in range(0, nmax, tile)], dim=3)  # [kvh, c, g, Nmax, d]
+        o = o.permute(1, 3, 0, 2, 4).reshape(c * nmax, n_heads, d)
+        out.index_copy_(0, gr.out_idx, o.index_select(0, gr.keep))
     return out.unsqueeze(0), None
 
 

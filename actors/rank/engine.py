@@ -206,7 +206,8 @@ class Engine:
         self.blocks.free = [b for b in range(self.blocks.num_blocks - 1, -1, -1) if b not in owned]
 
     def _schedule(self, outputs: list[Output]) -> list[tuple[Request, int]]:
-        """Handle aborts, grow or preempt running requests, admit waiting ones: [(request, new tokens)]."""
+        """Handle aborts, grow or preempt running requests, admit waiting ones: [(request, new tokens)],
+        one-token segments first."""
         with self._lock:
             aborts, self._aborts = self._aborts, set()
             if aborts:
@@ -218,29 +219,33 @@ class Engine:
                 self.running = [r for r in self.running if r.finish is None]
             if len(self.free_slots) + len(self.running) != self.max_running:
                 self._reclaim()
-            sched: list[tuple[Request, int]] = []
+            decodes: list[tuple[Request, int]] = []
+            chunks: list[tuple[Request, int]] = []
             table_updates: list[tuple[int, int, int]] = []  # (slot, table index, block)
             budget = self.max_batched_tokens
             preempted = False
+            bs = self.blocks.block_size
             i = 0
             while i < len(self.running):
                 r = self.running[i]
-                left = r.seq_len - r.computed
+                left = len(r.prompt) + len(r.out) - r.computed
                 n = 1 if left == 1 else min(left, budget)  # decodes always; prompt chunks within budget
                 if n == 0:
                     i += 1
                     continue
-                while not self.blocks.can_grow(r.blocks, r.computed + n) and self.running[-1] is not r:
-                    self._preempt(self.running.pop())
-                    preempted = True
-                if not self.blocks.can_grow(r.blocks, r.computed + n):  # r is the newest itself
-                    self._preempt(self.running.pop())
-                    preempted = True
-                    break
+                if r.computed + n > len(r.blocks) * bs:  # needs a new block (every block_size decode steps)
+                    while not self.blocks.can_grow(r.blocks, r.computed + n):
+                        victim = self.running.pop()  # the newest; r itself when r is the newest
+                        self._preempt(victim)
+                        preempted = True
+                        if victim is r:
+                            break
+                    if r.slot is None:
+                        break
+                    self._grow(r, n, table_updates)
                 if left > 1:
                     budget -= n
-                self._grow(r, n, table_updates)
-                sched.append((r, n))
+                (decodes if n == 1 else chunks).append((r, n))  # a 1-token chunk attends like a decode
                 i += 1
             # No admissions in a step that had to preempt: the blocks just freed are for the survivors.
             while self.waiting and self.free_slots and budget > 0 and not preempted:
@@ -254,12 +259,12 @@ class Engine:
                 self.running.append(r)
                 budget -= n
                 self._grow(r, n, table_updates)
-                sched.append((r, n))
+                (decodes if n == 1 else chunks).append((r, n))
             if table_updates:  # the device mirror of the block tables gets this step's new entries in one copy
                 rows, cols, vals = zip(*table_updates)
                 dev = self.device
                 self.kv.tables[torch.tensor(rows, device=dev), torch.tensor(cols, device=dev)] = torch.tensor(vals, device=dev)
-        return sched
+        return decodes + chunks  # decodes first: the packed layout StepBatch expects
 
     def _grow(self, r: Request, n: int, table_updates: list[tuple[int, int, int]]) -> None:
         """Give r the blocks for its next n tokens now (so later checks this step see them taken)."""
@@ -274,8 +279,6 @@ class Engine:
         if not sched:
             return outputs
 
-        # Pack decodes first (one token each, in order), then chunks: an all-decode step needs no scatter.
-        sched.sort(key=lambda s: s[1] > 1)
         ids: list[int] = []
         pos: list[int] = []
         segs: list[tuple[int, int, int, int]] = []
@@ -292,7 +295,7 @@ class Engine:
                 pos += range(first, first + n)
             segs.append((r.slot, start, n, first))
             r.computed += n
-            if r.computed == r.seq_len:
+            if r.computed == len(r.prompt) + len(r.out):
                 last.append(len(ids) - 1)
                 done.append(r)
         dev = self.device
@@ -303,7 +306,8 @@ class Engine:
             position_ids=positions[None],
             attention_mask={"full_attention": None, "sliding_attention": None},
             use_cache=False,
-            logits_to_keep=torch.tensor(last, device=dev),
+            # every token's logits (0) when each is a request's last, as in an all-decode step
+            logits_to_keep=0 if len(last) == len(ids) else torch.tensor(last, device=dev),
             engine_batch=batch,
         ).logits[0]  # [len(done), vocab]
 

@@ -4,16 +4,19 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from gptoss.actors.front import response_input as ri
 from gptoss.actors.front.errors import APIError
 from gptoss.actors.front.harmony import Delta, ToolCallDelta
-from gptoss.actors.front.response_output import OutputBuilder, items_to_messages, output_text
+from gptoss.actors.front.response_output import (
+    OutputBuilder,
+    items_to_messages,
+    output_text,
+)
 from gptoss.actors.front.response_store import ResponseStore
 
 
 def test_string_input_is_one_user_message():
-    assert ri.input_messages("hi") == [{"role": "user", "content": "hi"}]
+    assert ri.input_messages("hi", "input") == [{"role": "user", "content": "hi"}]
 
 
 def test_items_translate_to_chat_messages_with_tool_round_trip():
@@ -23,7 +26,7 @@ def test_items_translate_to_chat_messages_with_tool_round_trip():
         {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": '{"city":"Oslo"}'},
         {"type": "function_call_output", "call_id": "call_1", "output": "sunny"},
     ]
-    msgs = ri.input_messages(items)
+    msgs = ri.input_messages(items, "input")
     assert msgs[0] == {"role": "user", "content": "weather in Oslo"}
     assert msgs[1]["tool_calls"][0]["function"] == {"name": "get_weather", "arguments": '{"city":"Oslo"}'}
     assert msgs[1]["reasoning_content"] == "use tool"
@@ -40,18 +43,20 @@ def test_items_translate_to_chat_messages_with_tool_round_trip():
 ])
 def test_bad_items_name_their_field(bad, param):
     with pytest.raises(APIError) as err:
-        ri.input_messages(bad)
+        ri.input_messages(bad, "input")
     assert err.value.status == 400 and err.value.param == param
 
 
 def test_tools_choice_and_format_translate():
-    assert ri.tools([{"type": "function", "name": "f", "parameters": {"type": "object"}}]) == [
+    assert ri.tools([{"type": "function", "name": "f", "parameters": {"type": "object"}}], "tools") == [
         {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
-    with pytest.raises(APIError):
-        ri.tools([{"type": "web_search"}])
-    assert ri.tool_choice({"type": "function", "name": "f"}) == {"type": "function", "function": {"name": "f"}}
-    assert ri.tool_choice("required") == "required"
-    fmt = ri.response_format({"format": {"type": "json_schema", "name": "x", "schema": {"type": "object"}}})
+    with pytest.raises(APIError) as err:
+        ri.tools([{"type": "web_search"}], "tools")
+    assert err.value.param == "tools[0].type"
+    assert ri.tool_choice({"type": "function", "name": "f"}, "tool_choice") == {"type": "function",
+                                                                               "function": {"name": "f"}}
+    assert ri.tool_choice("required", "tool_choice") == "required"
+    fmt = ri.text_format({"format": {"type": "json_schema", "name": "x", "schema": {"type": "object"}}}, "text")
     assert fmt == {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}
 
 

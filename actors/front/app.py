@@ -15,6 +15,7 @@ from aiohttp import web
 from .chat import chat_completions
 from .completions import completions
 from .errors import APIError
+from .responses import add_routes as add_responses_routes
 
 if TYPE_CHECKING:
     from .actor import Front
@@ -111,6 +112,7 @@ def make_app(front: "Front") -> web.Application:
     app.router.add_get("/v1/models", models)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
+    add_responses_routes(app, front.cfg)
     app.router.add_get("/health", health)
     app.router.add_get("/admin/actors", admin_actors)
     app.router.add_get("/admin/debug/bundle", admin_bundle)

@@ -9,25 +9,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import APIError
+from . import params
+from .params import invalid
 
 _TEXT_PARTS = {"input_text", "output_text", "text"}
 _MESSAGE_ROLES = {"user", "assistant", "system", "developer"}
-
-
-def _bad(param: str, message: str) -> APIError:
-    return APIError(400, message, "invalid_value", param)
 
 
 def _text(content: Any, param: str) -> str:
     if isinstance(content, str):
         return content
     if not isinstance(content, list):
-        raise _bad(param, f"'{param}' must be a string or an array of text parts")
+        raise invalid(param, "must be a string or an array of text parts")
     texts = []
     for j, part in enumerate(content):
         if not isinstance(part, dict) or part.get("type") not in _TEXT_PARTS or not isinstance(part.get("text"), str):
-            raise _bad(f"{param}[{j}]", f"'{param}[{j}]' must be a text part ({', '.join(sorted(_TEXT_PARTS))})")
+            raise invalid(f"{param}[{j}]", f"must be a text part ({', '.join(sorted(_TEXT_PARTS))})")
         texts.append(part["text"])
     return "".join(texts)
 
@@ -35,28 +32,28 @@ def _text(content: Any, param: str) -> str:
 def _str_field(item: dict[str, Any], name: str, param: str) -> str:
     value = item.get(name)
     if not isinstance(value, str):
-        raise _bad(f"{param}.{name}", f"'{param}.{name}' must be a string")
+        raise invalid(f"{param}.{name}", "must be a string")
     return value
 
 
-def input_messages(raw: Any) -> list[dict[str, Any]]:
+def input_messages(raw: Any, p: str) -> list[dict[str, Any]]:
     """`input` (a string or a list of items) as chat messages."""
     if isinstance(raw, str):
         return [{"role": "user", "content": raw}]
     if not isinstance(raw, list) or not raw:
-        raise _bad("input", "'input' must be a string or a non-empty array of items")
+        raise invalid(p, "must be a string or a non-empty array of items")
     messages: list[dict[str, Any]] = []
     reasoning = ""  # a reasoning item belongs to the assistant message that follows it
     call_names: dict[str, str] = {}
     for i, item in enumerate(raw):
-        param = f"input[{i}]"
+        param = f"{p}[{i}]"
         if not isinstance(item, dict):
-            raise _bad(param, f"'{param}' must be an object")
+            raise invalid(param, "must be an object")
         kind = item.get("type", "message")
         if kind == "message":
             role = item.get("role")
             if role not in _MESSAGE_ROLES:
-                raise _bad(f"{param}.role", f"'{param}.role' must be one of {sorted(_MESSAGE_ROLES)}")
+                raise invalid(f"{param}.role", f"must be one of {sorted(_MESSAGE_ROLES)}")
             msg: dict[str, Any] = {"role": role, "content": _text(item.get("content"), f"{param}.content")}
             if role == "assistant" and reasoning:
                 msg["reasoning_content"], reasoning = reasoning, ""
@@ -65,7 +62,7 @@ def input_messages(raw: Any) -> list[dict[str, Any]]:
             parts = item.get("content") or item.get("summary") or []
             if not isinstance(parts, list) or not all(isinstance(p, dict) and isinstance(p.get("text"), str)
                                                       for p in parts):
-                raise _bad(f"{param}.content", f"'{param}.content' must be an array of reasoning_text parts")
+                raise invalid(f"{param}.content", "must be an array of reasoning_text parts")
             reasoning += "".join(p["text"] for p in parts)
         elif kind == "function_call":
             call_id = _str_field(item, "call_id", param)
@@ -89,40 +86,32 @@ def input_messages(raw: Any) -> list[dict[str, Any]]:
                 tool["name"] = call_names[call_id]
             messages.append(tool)
         else:
-            raise _bad(f"{param}.type", f"'{param}.type' {kind!r} is not supported; use message, reasoning, "
-                                        "function_call or function_call_output")
+            raise invalid(f"{param}.type", f"{kind!r} is not supported; use message, reasoning, function_call or "
+                                           "function_call_output")
     return messages
 
 
-def tools(raw: Any) -> list[dict[str, Any]] | None:
-    """Flat Responses function tools → chat's {"type": "function", "function": {...}} form."""
-    if raw is None:
-        return None
-    if not isinstance(raw, list):
-        raise _bad("tools", "'tools' must be an array")
-    out = []
-    for i, tool in enumerate(raw):
-        if not isinstance(tool, dict) or tool.get("type") != "function":
-            raise _bad(f"tools[{i}]", f"'tools[{i}]' must be a function tool (built-in tools are not served)")
-        fn = {k: tool[k] for k in ("name", "description", "parameters", "strict") if k in tool}
-        out.append({"type": "function", "function": fn})
-    return out
+def tools(v: Any, p: str) -> list[dict[str, Any]]:
+    """Flat Responses function tools, checked, in chat's {"type": "function", "function": {...}} form."""
+    fn = {"type": params.one_of("function"), "name": params.string(64, params.NAME), "description": params.string(),
+          "parameters": params.obj, "strict": params.boolean}
+    flat = [params.fields(t, f"{p}[{i}]", fn, ("type", "name")) for i, t in enumerate(params.array(v, p, 0, params.MAX_TOOLS))]
+    return params.tools([{"type": "function", "function": {k: x for k, x in t.items() if k != "type"}} for t in flat], p)
 
 
-def tool_choice(raw: Any) -> Any:
-    """"auto" | "none" | "required" | {"type": "function", "name": N} → chat's tool_choice."""
-    if isinstance(raw, dict) and raw.get("type") == "function" and "name" in raw:
-        return {"type": "function", "function": {"name": raw["name"]}}
-    return raw
+def tool_choice(v: Any, p: str) -> Any:
+    """"auto" | "none" | "required" | {"type": "function", "name": N}, in chat's form."""
+    if isinstance(v, dict):
+        named = params.fields(v, p, {"type": params.one_of("function"), "name": params.string(64, params.NAME)},
+                              ("type", "name"))
+        return {"type": "function", "function": {"name": named["name"]}}
+    return params.tool_choice(v, p)
 
 
-def response_format(text: Any) -> Any:
-    """`text.format` → chat's response_format (json_schema nests its fields one level down there)."""
-    if text is None:
-        return None
-    if not isinstance(text, dict):
-        raise _bad("text", "'text' must be an object")
-    fmt = text.get("format")
-    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
-        return {"type": "json_schema", "json_schema": {k: v for k, v in fmt.items() if k != "type"}}
-    return fmt
+def text_format(v: Any, p: str) -> dict[str, Any]:
+    """`text` ({"format": ..., "verbosity": ...}) → chat's response_format; json_schema nests one level down there."""
+    text = params.fields(v, p, {"format": params.obj, "verbosity": params.one_of("low", "medium", "high")})
+    fmt = dict(text.get("format") or {"type": "text"})
+    if fmt.get("type") == "json_schema":
+        fmt = {"type": "json_schema", "json_schema": {k: x for k, x in fmt.items() if k != "type"}}
+    return params.response_format(fmt, f"{p}.format")

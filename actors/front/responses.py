@@ -1,0 +1,187 @@
+"""POST /v1/responses (and GET/DELETE /v1/responses/{id}): OpenAI's Responses API over the chat machinery.
+
+The request is translated into chat terms (response_input.py), rendered by the same harmony renderer as
+chat completions, generated as one choice, and its harmony deltas are turned into output items and streamed
+events (response_output.py). Streamed and plain responses are built by the same code: the plain one just does
+not send the events.
+
+`previous_response_id` continues a stored conversation (response_store.py): the stored messages (earlier
+input and output, never earlier `instructions`) come first, then this request's input. A response is stored
+unless `store` is false. Logprobs are not offered here (use chat completions for them).
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from . import params
+from . import response_input as ri
+from .chat import render
+from .errors import APIError
+from .generation import Choice, StopStrings, generate, release, sse, stream_sse, submit
+from .harmony import Delta, HarmonyParser
+from .params import SAMPLING, Table, parse_body
+from .response_output import OutputBuilder, items_to_messages
+from .response_store import ResponseStore
+
+if TYPE_CHECKING:
+    from .actor import Front
+
+RESPONSES = Table({
+    "model": params.string(256),
+    "input": ri.input_messages,
+    "instructions": params.string(),
+    "previous_response_id": params.string(256),
+    "store": params.boolean,
+    "max_output_tokens": params.integer(1, 1 << 30),
+    **{k: SAMPLING[k] for k in ("temperature", "top_p", "top_k", "stream", "user", "ignore_eos")},
+    "tools": ri.tools,
+    "tool_choice": ri.tool_choice,
+    "parallel_tool_calls": params.boolean,
+    "reasoning": lambda v, p: params.fields(v, p, {"effort": params.one_of(*params.EFFORTS),
+                                                   "summary": params.one_of("auto", "concise", "detailed")}),
+    "text": ri.text_format,
+    "metadata": lambda v, p: {k: params.string(512)(x, f"{p}.{k}") for k, x in params.obj(v, p).items()},
+    "truncation": params.one_of("disabled"),  # nothing is ever dropped silently from a conversation
+}, ("model", "input"))
+
+
+def _chat_body(body: dict[str, Any], messages: list[dict[str, Any]], effort: str | None) -> dict[str, Any]:
+    """The chat-shaped request the renderer takes. `instructions` and every system/developer item become one
+    leading developer message: harmony has a single place for the client's instructions."""
+    system = [m["content"] for m in messages if m["role"] in ("system", "developer")]
+    if body.get("instructions"):
+        system.insert(0, body["instructions"])
+    rest = [m for m in messages if m["role"] not in ("system", "developer")]
+    chat: dict[str, Any] = {"messages": ([{"role": "developer", "content": "\n\n".join(system)}] if system else [])
+                            + rest, "reasoning_effort": effort}
+    for key, chat_key in (("tools", "tools"), ("tool_choice", "tool_choice"), ("text", "response_format")):
+        if key in body:
+            chat[chat_key] = body[key]
+    return chat
+
+
+def _usage(prompt_tokens: int, choice: Choice) -> dict[str, Any]:
+    return {"input_tokens": prompt_tokens, "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens": choice.tokens,
+            "output_tokens_details": {"reasoning_tokens": choice.decoder.reasoning_tokens},
+            "total_tokens": prompt_tokens + choice.tokens}
+
+
+async def create(request: web.Request) -> web.StreamResponse:
+    front: Front = request.app["front"]
+    store: ResponseStore = request.app["responses"]
+    if not front.accepting():
+        raise APIError(503, "server is shutting down", "shutting_down")
+    body = parse_body(front, await request.read(), RESPONSES)
+    history: list[dict[str, Any]] = []
+    prev = body.get("previous_response_id")
+    if prev is not None:
+        stored = store.get(prev)
+        if stored is None:
+            raise APIError(404, f"previous response {prev!r} not found (expired, deleted, or stored by an "
+                                "earlier front process)", "not_found", "previous_response_id")
+        history = stored.messages
+    conversation = history + body["input"]
+    effort = body.get("reasoning", {}).get("effort") or front.cfg.get("reasoning_effort")
+    prompt_ids, prefill = render(front, _chat_body(body, conversation, effort))
+    s = params.sampling(body, None, body.get("max_output_tokens"))
+    parser = HarmonyParser(front.tokenizer)
+    first = parser.feed(prefill)  # a forced call's opening delta (id, name), if tool_choice forces one
+    choice = Choice(0, prompt_ids, s.params(front, len(prompt_ids), 0, "input"), parser, StopStrings([]))
+    parallel = body.get("parallel_tool_calls", True)
+    front.count("requests_total")
+
+    resp_id, created = f"resp_{uuid.uuid4().hex}", int(time.time())
+    echo = _echo(body)
+    builder = OutputBuilder()
+
+    def response(status: str) -> dict[str, Any]:
+        return {"id": resp_id, "object": "response", "created_at": created, "status": status, "error": None,
+                "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
+                "model": front.model_id, "output": [] if status == "in_progress" else builder.items,
+                "previous_response_id": prev,
+                "reasoning": {"effort": effort, "summary": None}, "store": body.get("store", True),
+                "temperature": s.wire["temperature"], "top_p": s.wire["top_p"], "truncation": "disabled",
+                "parallel_tool_calls": parallel, "usage": _usage(len(prompt_ids), choice) if status != "in_progress"
+                else None, **echo}
+
+    def kept(deltas: list[Delta]) -> list[Delta]:
+        return [d for d in deltas if parallel or d.tool_call is None or d.tool_call.index == 0]
+
+    async def run() -> AsyncIterator[list[dict[str, Any]]]:
+        """Lists of events, ending with the final response's; the response is stored once it is whole."""
+        yield [{"type": "response.created", "response": response("in_progress")},
+               {"type": "response.in_progress", "response": response("in_progress")}] + builder.feed(kept(first))
+        async with contextlib.aclosing(generate(front, [choice])) as events:
+            async for ev in events:
+                yield builder.feed(kept(ev.deltas))
+        status = "incomplete" if choice.finish == "length" else "completed"
+        final = builder.close(status)
+        done = response(status)
+        if done["store"]:
+            store.put(done, conversation + items_to_messages(builder.items))
+        yield final + [{"type": f"response.{status}", "response": done}]
+
+    submit(front, [choice])
+    try:
+        if not body.get("stream"):
+            last: list[dict[str, Any]] = []
+            async with contextlib.aclosing(run()) as batches:
+                async for last in batches:
+                    pass
+            return web.json_response(last[-1]["response"])
+
+        async def sse_events() -> AsyncIterator[bytes]:
+            seq = 0
+            async with contextlib.aclosing(run()) as batches:
+                async for batch in batches:
+                    out = []
+                    for ev in batch:
+                        out.append(sse({**ev, "sequence_number": seq}))
+                        seq += 1
+                    if out:
+                        yield b"".join(out)
+
+        return await stream_sse(request, front, sse_events, done=b"")  # Responses streams end without [DONE]
+    finally:
+        release(front, [choice])
+
+
+def _echo(body: dict[str, Any]) -> dict[str, Any]:
+    """Request fields a response object repeats, back in the Responses API's own shapes."""
+    rf = body.get("text", {"type": "text"})
+    choice = body.get("tool_choice", "auto")
+    return {"instructions": body.get("instructions"), "max_output_tokens": body.get("max_output_tokens"),
+            "metadata": body.get("metadata", {}), "user": body.get("user"),
+            "tools": [{"type": "function", **t["function"]} for t in body.get("tools", [])],
+            "tool_choice": {"type": "function", **choice["function"]} if isinstance(choice, dict) else choice,
+            "text": {"format": {"type": "json_schema", **rf["json_schema"]} if rf["type"] == "json_schema"
+                     else {"type": rf["type"]}}}
+
+
+async def retrieve(request: web.Request) -> web.Response:
+    stored = request.app["responses"].get(request.match_info["response_id"])
+    if stored is None:
+        raise APIError(404, f"response {request.match_info['response_id']!r} not found", "not_found", "response_id")
+    return web.json_response(stored.response)
+
+
+async def delete(request: web.Request) -> web.Response:
+    response_id = request.match_info["response_id"]
+    if not request.app["responses"].delete(response_id):
+        raise APIError(404, f"response {response_id!r} not found", "not_found", "response_id")
+    return web.json_response({"id": response_id, "object": "response.deleted", "deleted": True})
+
+
+def add_routes(app: web.Application, cfg: dict[str, Any]) -> None:
+    http = cfg["http"]
+    app["responses"] = ResponseStore(int(http["responses_store_max_entries"]), float(http["responses_store_ttl_s"]))
+    app.router.add_post("/v1/responses", create)
+    app.router.add_get("/v1/responses/{response_id}", retrieve)
+    app.router.add_delete("/v1/responses/{response_id}", delete)

@@ -18,16 +18,18 @@ import orjson
 import pytest
 import yaml
 
-from gptoss.actors.front import params
+from gptoss.actors.front import params, responses
 from gptoss.actors.front.app import make_app
 from gptoss.actors.front.errors import APIError
 
 SPEC = yaml.safe_load((Path(__file__).parents[1] / "docs" / "openapi.yaml").read_text())
 SCHEMAS = SPEC["components"]["schemas"]
 FRONT = SimpleNamespace(model_id="gpt-oss-tiny", cfg={"model": "tiny"})
-TABLES = {"ChatCompletionRequest": params.CHAT, "CompletionRequest": params.COMPLETIONS}
+TABLES = {"ChatCompletionRequest": params.CHAT, "CompletionRequest": params.COMPLETIONS,
+          "ResponsesRequest": responses.RESPONSES}
 BASE = {"ChatCompletionRequest": {"model": "gpt-oss-tiny", "messages": [{"role": "user", "content": "hi"}]},
-        "CompletionRequest": {"model": "gpt-oss-tiny", "prompt": "hi"}}
+        "CompletionRequest": {"model": "gpt-oss-tiny", "prompt": "hi"},
+        "ResponsesRequest": {"model": "gpt-oss-tiny", "input": "hi"}}
 # Fields only valid next to another one (a cross-field rule of parse_body).
 COMPANIONS = {"stream_options": {"stream": True}}
 PROBES = [True, False, 0, 1, -1, 2.5, 21, 100, -3.0, "x", "", "none", "required", "low", [], ["x"], [1, 2],
@@ -141,7 +143,7 @@ def test_unknown_field_is_refused_by_name():
 
 
 def test_documented_routes_are_served():
-    front = SimpleNamespace(cfg={"auth": {"api_key": None, "admin_key": None}, "http": {"max_body_bytes": 1024}})
+    front = SimpleNamespace(cfg={"auth": {"api_key": None, "admin_key": None}, "http": {"max_body_bytes": 1024, "responses_store_max_entries": 1, "responses_store_ttl_s": 1}})
     served = {(r.method, r.resource.canonical) for r in make_app(front).router.routes()
               if r.resource is not None and r.resource.canonical.startswith("/v1/") and r.method != "HEAD"}
     documented = {(m.upper(), p) for p, ops in SPEC["paths"].items() for m in ops}

@@ -32,6 +32,8 @@ from .response_store import ResponseStore
 if TYPE_CHECKING:
     from .actor import Front
 
+STORE = web.AppKey("responses", ResponseStore)
+
 RESPONSES = Table({
     "model": params.string(256),
     "input": ri.input_messages,
@@ -75,7 +77,7 @@ def _usage(prompt_tokens: int, choice: Choice) -> dict[str, Any]:
 
 async def create(request: web.Request) -> web.StreamResponse:
     front: Front = request.app["front"]
-    store: ResponseStore = request.app["responses"]
+    store: ResponseStore = request.app[STORE]
     if not front.accepting():
         raise APIError(503, "server is shutting down", "shutting_down")
     body = parse_body(front, await request.read(), RESPONSES)
@@ -166,7 +168,7 @@ def _echo(body: dict[str, Any]) -> dict[str, Any]:
 
 
 async def retrieve(request: web.Request) -> web.Response:
-    stored = request.app["responses"].get(request.match_info["response_id"])
+    stored = request.app[STORE].get(request.match_info["response_id"])
     if stored is None:
         raise APIError(404, f"response {request.match_info['response_id']!r} not found", "not_found", "response_id")
     return web.json_response(stored.response)
@@ -174,14 +176,14 @@ async def retrieve(request: web.Request) -> web.Response:
 
 async def delete(request: web.Request) -> web.Response:
     response_id = request.match_info["response_id"]
-    if not request.app["responses"].delete(response_id):
+    if not request.app[STORE].delete(response_id):
         raise APIError(404, f"response {response_id!r} not found", "not_found", "response_id")
     return web.json_response({"id": response_id, "object": "response.deleted", "deleted": True})
 
 
 def add_routes(app: web.Application, cfg: dict[str, Any]) -> None:
     http = cfg["http"]
-    app["responses"] = ResponseStore(int(http["responses_store_max_entries"]), float(http["responses_store_ttl_s"]))
+    app[STORE] = ResponseStore(int(http["responses_store_max_entries"]), float(http["responses_store_ttl_s"]))
     app.router.add_post("/v1/responses", create)
     app.router.add_get("/v1/responses/{response_id}", retrieve)
     app.router.add_delete("/v1/responses/{response_id}", delete)

@@ -222,6 +222,12 @@ def _softmax_with_sinks(logits: torch.Tensor, sinks: torch.Tensor) -> torch.Tens
     return probs[..., :-1]
 
 
+def _gather(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """x [heads, N, d] at rows (any shape) -> [heads, *rows.shape, d]. index_select on flat rows: several
+    times faster than advanced indexing on CPU."""
+    return x.index_select(1, rows.flatten()).view(x.shape[0], *rows.shape, x.shape[2])
+
+
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hidden: torch.Tensor, sinks: torch.Tensor,
             scaling: float) -> torch.Tensor:
     """q [kvh, c, g, Nq, d], k/v [kvh, c, Lk, d], hidden [c, 1, Nq, Lk] -> [kvh, c, g, Nq, d].
@@ -230,8 +236,8 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hidden: torch.Ten
     of one matmul against that head's keys, so every matmul is a plain contiguous batched GEMM."""
     kvh, c, g, nq, d = q.shape
     lk = k.shape[2]
-    logits = torch.matmul(q.reshape(kvh, c, g * nq, d), k.transpose(2, 3)).view(kvh, c, g, nq, lk) * scaling
-    logits = logits.masked_fill(hidden, float("-inf"))
+    logits = torch.matmul(q.reshape(kvh, c, g * nq, d), k.transpose(2, 3)).view(kvh, c, g, nq, lk)
+    logits.mul_(scaling).masked_fill_(hidden, float("-inf"))
     probs = _softmax_with_sinks(logits, sinks.view(kvh, 1, g, 1, 1))
     return torch.matmul(probs.to(v.dtype).view(kvh, c, g * nq, lk), v).view(kvh, c, g, nq, d)
 
@@ -263,8 +269,13 @@ def engine_attention(
     k_cache, v_cache = b.cache.k[layer], b.cache.v[layer]  # [kvh, rows, d]
     sinks = module.sinks.to(query.dtype)
 
+    def decode(q: torch.Tensor) -> torch.Tensor:  # q [kvh, g, n, d] -> [n, H, d]
+        o = _attend(q.transpose(1, 2).unsqueeze(3), _gather(k_cache, plan.dec_gather), _gather(v_cache, plan.dec_gather),
+                    plan.dec_hidden, sinks, scaling)  # [kvh, n, g, 1, d]
+        return o.permute(1, 3, 0, 2, 4).reshape(-1, n_heads, d)
+
     # prefixes first: a chunk's writes below may overwrite ring entries its earlier queries still read
-    prefixes = [(k_cache[:, gr.pre_idx], v_cache[:, gr.pre_idx]) if gr.pre_idx is not None else None
+    prefixes = [(_gather(k_cache, gr.pre_idx), _gather(v_cache, gr.pre_idx)) if gr.pre_idx is not None else None
                 for gr in plan.groups]
     if plan.write_src is None:
         k_cache.index_copy_(1, plan.write_dst, k_new)
@@ -272,11 +283,6 @@ def engine_attention(
     else:
         k_cache.index_copy_(1, plan.write_dst, k_new.index_select(1, plan.write_src))
         v_cache.index_copy_(1, plan.write_dst, v_new.index_select(1, plan.write_src))
-
-    def decode(q: torch.Tensor) -> torch.Tensor:  # q [kvh, g, n, d] -> [n, H, d]
-        o = _attend(q.transpose(1, 2).unsqueeze(3), k_cache[:, plan.dec_gather], v_cache[:, plan.dec_gather],
-                    plan.dec_hidden, sinks, scaling)  # [kvh, n, g, 1, d]
-        return o.permute(1, 3, 0, 2, 4).reshape(-1, n_heads, d)
 
     if b.all_decode:  # the steady state: one token per request, in segment order, nothing to scatter
         return decode(q_all).unsqueeze(0), None
@@ -286,10 +292,10 @@ def engine_attention(
         out[: b.n_dec] = decode(q_all[:, :, : b.n_dec])
     for gr, prefix in zip(plan.groups, prefixes):
         c, nmax = gr.q_idx.shape
-        k, v = k_new[:, gr.q_idx], v_new[:, gr.q_idx]  # [kvh, c, Nmax, d] (padding repeats a real key, masked)
+        k, v = _gather(k_new, gr.q_idx), _gather(v_new, gr.q_idx)  # [kvh, c, Nmax, d] (padding repeats a key, masked)
         if prefix is not None:
             k, v = torch.cat([prefix[0], k], dim=2), torch.cat([prefix[1], v], dim=2)
-        q = q_all[:, :, gr.q_idx].transpose(1, 2)  # [kvh, c, g, Nmax, d]
+        q = _gather(query[0], gr.q_idx).view(kvh, g, c, nmax, d).transpose(1, 2)  # [kvh, c, g, Nmax, d]
         tile = max(1, ATTN_TILE_BYTES // (c * n_heads * k.shape[2] * 4))
         o = torch.cat([_attend(q[:, :, :, i : i + tile], k, v, gr.hidden[..., i : i + tile, :], sinks, scaling)
                        for i in range(0, nmax, tile)], dim=3)  # [kvh, c, g, Nmax, d]

@@ -311,3 +311,14 @@ def test_load_reports_blocks_and_throughput(model):
     eng.step()
     load = eng.load()
     assert load["running"] == 1 and load["kv_blocks_used"] == 2 and load["tokens_per_s"] > 0
+
+
+def test_wire_params_are_checked():
+    p = SamplingParams.from_wire({"temperature": None, "top_k": None, "logprobs": 3, "frequency_penalty": 0.5,
+                                  "presence_penalty": -2, "max_tokens": 0}, 16)
+    assert (p.temperature, p.top_k, p.logprobs, p.max_tokens) == (1.0, 0, 3, 16)
+    assert (p.frequency_penalty, p.presence_penalty) == (0.5, -2.0) and p.penalized
+    for bad in ({"frequency_penalty": 2.5}, {"presence_penalty": -3}, {"logprobs": 21}, {"logprobs": -1},
+                {"top_k": -1}, {"temperature": "hot"}):
+        with pytest.raises(ValueError):
+            SamplingParams.from_wire(bad, 16)

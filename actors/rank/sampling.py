@@ -41,16 +41,20 @@ class SamplingParams:
     def from_wire(cls, params: dict[str, Any], default_max_tokens: int) -> SamplingParams:
         """Build from the generate message's params map; the front validated ranges already, we re-check
         types so a bad frame from anywhere fails this one request, not the rank."""
+        def get(key: str, default: Any) -> Any:  # an explicit null means the default too
+            value = params.get(key)
+            return default if value is None else value
+
         p = cls(
             max_tokens=int(params.get("max_tokens") or default_max_tokens),
-            temperature=float(params.get("temperature", 1.0)),
-            top_p=float(params.get("top_p", 1.0)),
-            top_k=int(params.get("top_k") or 0),
+            temperature=float(get("temperature", 1.0)),
+            top_p=float(get("top_p", 1.0)),
+            top_k=int(get("top_k", 0)),
             seed=None if params.get("seed") is None else int(params["seed"]),
-            stop_token_ids=[int(t) for t in params.get("stop_token_ids") or []],
-            ignore_eos=bool(params.get("ignore_eos", False)),
-            frequency_penalty=float(params.get("frequency_penalty") or 0.0),
-            presence_penalty=float(params.get("presence_penalty") or 0.0),
+            stop_token_ids=[int(t) for t in get("stop_token_ids", [])],
+            ignore_eos=bool(get("ignore_eos", False)),
+            frequency_penalty=float(get("frequency_penalty", 0.0)),
+            presence_penalty=float(get("presence_penalty", 0.0)),
             logprobs=None if params.get("logprobs") is None else int(params["logprobs"]),
         )
         if (p.max_tokens < 1 or p.temperature < 0 or not 0 < p.top_p <= 1 or p.top_k < 0

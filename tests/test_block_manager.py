@@ -43,3 +43,13 @@ def test_exhaustion_is_visible_before_it_happens():
 def test_rejects_an_empty_pool():
     with pytest.raises(ValueError):
         BlockManager(0, 16)
+
+
+def test_reclaim_frees_what_nobody_owns():
+    bm = BlockManager(num_blocks=6, block_size=4)
+    kept: list[int] = []
+    lost: list[int] = []
+    bm.grow(kept, 8)
+    bm.grow(lost, 12)  # its owner vanishes without a release
+    bm.reclaim(set(kept))
+    assert bm.used == 2 and set(bm.free) == set(range(6)) - set(kept)

@@ -45,3 +45,7 @@ class BlockManager:
         """Give all of `table`'s blocks back and empty it."""
         self.free.extend(reversed(table))
         table.clear()
+
+    def reclaim(self, owned: set[int]) -> None:
+        """Free every block not in `owned` (recovery when tables were dropped without a release)."""
+        self.free = [b for b in range(self.num_blocks - 1, -1, -1) if b not in owned]

@@ -20,7 +20,8 @@ one token for every decoding request, then prefill chunks: a request still readi
 `max_batched_tokens` prompt tokens per step in total across such requests (older ones first, then new
 admissions), so a long prompt is prefilled over several steps while the decoding requests keep getting a
 token every step. A request gets its first token in the step its last chunk runs; one that arrives while
-a batch runs is admitted the very next step (given a free slot and KV blocks). Our attention function
+a batch runs is admitted the very next step, given a free slot, KV blocks and prefill budget (older prompts
+still being read take the budget first). Our attention function
 (attention.py) writes the new K/V into the cache and attends per request, with gpt-oss's sinks and
 sliding-window layers exactly as the eager reference. Logits are computed only for each request that
 gets a token this step (`logits_to_keep` as an index tensor); see sampling.py for sampling and logprobs.
@@ -202,8 +203,7 @@ class Engine:
         """Someone (the actor, after a failed step) dropped running requests: take back what they held."""
         held = {r.slot for r in self.running}
         self.free_slots = [s for s in range(self.max_running - 1, -1, -1) if s not in held]
-        owned = {b for r in (*self.running, *self.waiting) for b in r.blocks}
-        self.blocks.free = [b for b in range(self.blocks.num_blocks - 1, -1, -1) if b not in owned]
+        self.blocks.reclaim({b for r in self.running for b in r.blocks})
 
     def _schedule(self, outputs: list[Output]) -> list[tuple[Request, int]]:
         """Handle aborts, grow or preempt running requests, admit waiting ones: [(request, new tokens)],

@@ -104,7 +104,7 @@ def test_max_tokens_both_names(client, field):
 def test_greedy_seed_top_p_top_k(client):
     assert chat(client, max_tokens=16, temperature=0).choices[0].message == \
         chat(client, max_tokens=16, temperature=0).choices[0].message
-    kw = dict(max_tokens=16, temperature=1.3, top_p=0.9, seed=11, extra_body={"top_k": 40})
+    kw = {"max_tokens": 16, "temperature": 1.3, "top_p": 0.9, "seed": 11, "extra_body": {"top_k": 40}}
     assert chat(client, **kw).choices[0].message.content == chat(client, **kw).choices[0].message.content
     streamed = assemble(chat(client, stream=True, **kw))[0]["content"]
     assert streamed == chat(client, **kw).choices[0].message.content
@@ -121,7 +121,7 @@ def test_n_choices_streamed_and_not(client):
 def test_stop_strings_streamed_and_not(client):
     # a prompt whose greedy answer is long enough to cut (random weights often end a turn at once)
     for prompt in ("Hello!", "Tell me about rivers.", "Say something about maps.", "the of and to"):
-        kw = dict(messages=[{"role": "user", "content": prompt}], max_tokens=48, temperature=0)
+        kw = {"messages": [{"role": "user", "content": prompt}], "max_tokens": 48, "temperature": 0}
         full = chat(client, **kw).choices[0].message.content or ""
         if len(full) >= 8:
             break

@@ -52,7 +52,7 @@ def test_prompt_forms_and_n(client):
 
 
 def test_greedy_seed_temperature_top_p_top_k(client):
-    kw = dict(model=M, prompt="The weather", max_tokens=12, extra_body=EOS)
+    kw = {"model": M, "prompt": "The weather", "max_tokens": 12, "extra_body": EOS}
     a = client.completions.create(temperature=0, **kw)
     b = client.completions.create(temperature=0, **kw)
     assert a.choices[0].text == b.choices[0].text
@@ -64,14 +64,14 @@ def test_greedy_seed_temperature_top_p_top_k(client):
 
 
 def test_penalties_change_greedy_output(client):
-    kw = dict(model=M, prompt="the the the", max_tokens=32, temperature=0, extra_body=EOS)
+    kw = {"model": M, "prompt": "the the the", "max_tokens": 32, "temperature": 0, "extra_body": EOS}
     plain = client.completions.create(**kw).choices[0].text
     penalized = client.completions.create(frequency_penalty=2, presence_penalty=2, **kw).choices[0].text
     assert plain != penalized
 
 
 def test_stop_strings_cut_text(client):
-    kw = dict(model=M, prompt="Tell me", max_tokens=24, temperature=0, extra_body=EOS)
+    kw = {"model": M, "prompt": "Tell me", "max_tokens": 24, "temperature": 0, "extra_body": EOS}
     full = client.completions.create(**kw).choices[0].text
     stop = full[6:8]
     cut = full[:full.index(stop)]

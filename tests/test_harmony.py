@@ -7,7 +7,6 @@ import logging
 import random
 
 import pytest
-
 from gptoss.actors.front.harmony import Delta, HarmonyParser, ToolCallDelta
 from gptoss.models.loader import load_tokenizer
 from gptoss.models.tiny import ensure_tiny
@@ -281,7 +280,6 @@ def render_request(tok, **body):
     from types import SimpleNamespace
 
     import orjson
-
     from gptoss.actors.front.chat import render
     from gptoss.actors.front.params import CHAT, parse_body
 

@@ -17,7 +17,6 @@ from typing import Any
 import orjson
 import pytest
 import yaml
-
 from gptoss.actors.front import params, responses
 from gptoss.actors.front.app import make_app
 from gptoss.actors.front.errors import APIError

@@ -158,6 +158,9 @@ async def _run(front: Front, choice: Choice, put: Callable[[Any], None]) -> None
                     return
     except APIError as exc:
         put(exc)
+    except Exception:  # a bug here must fail the request, never leave generate() waiting for this choice
+        log.exception("choice failed", extra={"event": "choice_failed", "request_id": choice.pending.id})
+        put(APIError(500, "internal error while decoding the output", "internal_error"))
 
 
 def submit(front: Front, choices: list[Choice]) -> None:

@@ -136,11 +136,12 @@ class Engine:
         if self.device.type == "cuda":
             free, _total = torch.cuda.mem_get_info(self.device)
             # A step's transient memory: hidden states and MoE buffers of max_batched_tokens tokens (~32
-            # hidden-size vectors each, generously), the logits rows, an attention tile, and the sliding
-            # rings, which are allocated next to the pool.
+            # hidden-size vectors each, generously), the float32 logits rows and the sampler's sort of them,
+            # a prefill attention tile (logits, masked copy, sink-extended copy, probabilities), and the
+            # sliding rings, which are allocated next to the pool.
             elt = torch.empty((), dtype=dtype).element_size()
             activations = (self.max_batched_tokens * cfg.hidden_size * 32 * elt
-                           + self.max_running * cfg.vocab_size * 4 * 3 + 2 * ATTN_TILE_BYTES)
+                           + self.max_running * cfg.vocab_size * 4 * 3 + 4 * ATTN_TILE_BYTES)
             head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
             sliding = sum(1 for t in cfg.layer_types if t == "sliding_attention")
             rings = 2 * sliding * self.max_running * int(cfg.sliding_window or 0) * cfg.num_key_value_heads * head_dim * elt

@@ -203,4 +203,4 @@ def test_http_client_disconnect_aborts(tree):
     def idle() -> bool:
         state = tree.get("/admin/debug/bundle", headers=AUTH).json()["actors"]
         return state["front"]["inflight"] == 0 and state["rank-0"]["running"] + state["rank-1"]["running"] == 0
-    wait_for(idle, 10, "abort to free the rank")
+    wait_for(idle, 30, "abort to free the rank")  # generous: a loaded CI machine steps slowly

@@ -119,8 +119,9 @@ class Streams:
                 if timeout <= 0:
                     raise APIError(504, f"request exceeded {self.request_timeout_s}s", "timeout")
                 try:
-                    ev = await asyncio.wait_for(p.queue.get(), timeout)
-                except asyncio.TimeoutError:
+                    async with asyncio.timeout(timeout):  # no task per wait, unlike wait_for
+                        ev = await p.queue.get()
+                except TimeoutError:
                     if unacked and not p.resent:
                         self._resend(p)
                         continue
@@ -132,6 +133,16 @@ class Streams:
                     p.finished = True
                     raise ev
                 ids, logprobs, finish = ev
+                # Batches that queued up while this stream was busy go out as one: one parse, one write to the
+                # client instead of one per engine step, which is what keeps a loaded front from falling behind.
+                while finish is None and not p.queue.empty():
+                    nxt = p.queue.get_nowait()
+                    if isinstance(nxt, APIError):
+                        p.queue.put_nowait(nxt)  # raised next round, after the tokens that came before it
+                        break
+                    ids = ids + nxt[0]
+                    logprobs = None if logprobs is None or nxt[1] is None else logprobs + nxt[1]
+                    finish = nxt[2]
                 if finish is not None:
                     p.finished = True
                 yield ids, logprobs, finish

@@ -10,6 +10,13 @@ checkpoints store their expert weights in MXFP4; they stay MXFP4 only where tran
 run (CUDA cc >= 7.5, triton >= 3.4, the `kernels` package, and the kernel repo already in the local cache,
 since `kernels` fetches it from the hub), otherwise they are dequantized at load time (Mxfp4Config(dequantize=
 True)), which costs about 3x the memory; the decision and its reason are logged.
+
+Tensor parallelism (`--gpu-mode tensor`, after the rank joined its torch.distributed group): transformers'
+own plan for GPT-OSS shards only the embeddings and lm_head, which would leave every rank holding all the
+attention and expert weights and all the kv heads. TP_PLAN adds the attention (q/k/v column-wise, o_proj
+row-wise, the sinks split with their heads) and the experts are split between the ranks (expert parallel
+over the same ranks: each holds num_experts / N, outputs all-reduced). So each rank holds about 1/N of the
+weights and caches kv_heads / N heads. Works with gloo on CPU as with NCCL.
 """
 
 from __future__ import annotations
@@ -164,21 +171,49 @@ def load_tokenizer(path: Path):
     return AutoTokenizer.from_pretrained(path, local_files_only=True)
 
 
-def load_model(path: Path, device: str, dtype: torch.dtype, max_memory: dict[int, int] | None = None):
+# Keys are module/parameter names of GptOssForCausalLM; "local_params" makes the attention's forward see its
+# sinks shard as a plain tensor (the engine's attention indexes it per local head).
+TP_PLAN = {
+    "model.layers.*.self_attn.q_proj": "colwise",
+    "model.layers.*.self_attn.k_proj": "colwise",
+    "model.layers.*.self_attn.v_proj": "colwise",
+    "model.layers.*.self_attn.o_proj": "rowwise",
+    "model.layers.*.self_attn.sinks": "colwise",
+    "model.layers.*.self_attn": "local_params",
+}
+
+
+def tensor_split_error(config: dict[str, Any], ranks: int) -> str | None:
+    """Why `config` cannot be split over `ranks` tensor-parallel ranks (None when it can)."""
+    counts = {k: int(config[k]) for k in ("num_attention_heads", "num_key_value_heads", "num_local_experts")}
+    bad = [f"{k}={v}" for k, v in counts.items() if v % ranks]
+    return f"--gpu-mode tensor with --ranks {ranks} must divide {', '.join(bad)}" if bad else None
+
+
+def load_model(path: Path, device: str | None, dtype: torch.dtype, max_memory: dict[int, int] | None = None,
+               tp_size: int = 1):
     """The model on `device` ("cpu", "cuda:N", or "auto" for a pipeline over the visible GPUs within
-    `max_memory`), in inference mode: eval() and parameters that never record gradients."""
+    `max_memory`), or with tp_size > 1 this process's shard of it (device None: the rank's own device), in
+    inference mode: eval() and parameters that never record gradients."""
     import torch
     from transformers import AutoModelForCausalLM, Mxfp4Config
 
     extra: dict[str, Any] = {}
     config = read_config(path)
     if is_mxfp4(config):
-        on_cuda = device != "cpu"
+        on_cuda = device != "cpu" and torch.cuda.is_available()
         capability = min(torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())) \
             if on_cuda else None
         keep, why = keep_mxfp4("cuda" if on_cuda else "cpu", capability, mxfp4_kernels_missing())
         log.info(why, extra={"event": "mxfp4", "keep": keep})
         extra["quantization_config"] = Mxfp4Config(dequantize=not keep)
+    if tp_size > 1:
+        from transformers.distributed import DistributedConfig
+
+        why = tensor_split_error(config, tp_size)
+        if why:
+            raise ModelError(why)
+        extra["distributed_config"] = DistributedConfig(tp_size=tp_size, tp_plan=TP_PLAN, ep_size=tp_size)
     # device_map puts weights straight onto the device instead of staging the whole model in host memory.
     model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=dtype, device_map=device,
                                                  max_memory=max_memory, **extra)
@@ -190,16 +225,20 @@ def load_model(path: Path, device: str, dtype: torch.dtype, max_memory: dict[int
 def pipeline_max_memory(free: list[int], kv: int) -> dict[int, int]:
     """accelerate's max_memory for a pipeline: what each GPU may hold in weights.
 
-    The engine keeps its whole KV store on the first device (where the embeddings land), so GPU 0 gives up
-    the KV budget as well as the activation reserve; the others only the reserve.
+    The engine keeps each layer's KV pools on that layer's GPU and the device map spreads the layers about
+    evenly, so every GPU gives up an equal share of the KV budget as well as the activation reserve.
     """
-    return {i: max(0, f - shapes.ACTIVATION_RESERVE - (kv if i == 0 else 0)) for i, f in enumerate(free)}
+    return {i: max(0, f - shapes.ACTIVATION_RESERVE - kv // len(free)) for i, f in enumerate(free)}
 
 
-def load_for_rank(path: Path, mode: str, slots: int, max_model_len: int):
-    """(model, dtype) for a rank process: device and precision from what this process sees."""
+def load_for_rank(path: Path, mode: str, slots: int, max_model_len: int, tp_size: int = 1):
+    """(model, dtype) for a rank process: device and precision from what this process sees. In tensor mode
+    (tp_size > 1) the process must already be in its torch.distributed group (actors/rank/tensor_group.py)."""
     import torch
 
+    if tp_size > 1:
+        dtype = pick_dtype("cuda:0" if torch.cuda.is_available() else "cpu")
+        return load_model(path, None, dtype, tp_size=tp_size), dtype
     if not torch.cuda.is_available():
         dtype = pick_dtype("cpu")
         return load_model(path, "cpu", dtype), dtype

@@ -157,6 +157,7 @@ class Arbiter:
         child.set_state("down")
         level = logging.INFO if child.restart_now else logging.ERROR
         log.log(level, "actor exited", extra={"event": "actor_exit", "actor": child.name, "exit_code": code})
+        self._restart_group(child)
         self.publish()
         if child.restart_now:
             child.restart_now = False
@@ -179,6 +180,18 @@ class Arbiter:
         await asyncio.sleep(delay)
         if not self.stopping and child.proc is None:
             await self.spawn(child)
+
+    def _restart_group(self, gone: Child) -> None:
+        """A group member exited: the others cannot go on without it (specs.py), so kill them; each comes back
+        at once, outside the restart intensity (the member that died is the one its policy counts)."""
+        if not gone.spec.group:
+            return
+        for c in self.children.values():
+            if c is not gone and c.spec.group == gone.spec.group and c.proc is not None and not c.restart_now:
+                log.warning("restarting group member", extra={"event": "group_restart", "actor": c.name,
+                                                              "group": c.spec.group, "because": gone.name})
+                c.restart_now = True
+                c.signal(signal.SIGKILL)
 
     # ---- messages ----------------------------------------------------------------------------------------
     async def _recv_loop(self) -> None:

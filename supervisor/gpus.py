@@ -12,7 +12,9 @@ a mixed box nvidia-smi's free memory would be charged to the wrong GPU.
 - single: `ranks` replicas, rank i on GPU i (round-robin); every replica must fit its GPU.
 - pipeline: the GPUs split into `ranks` equal groups, each rank spreads one replica over its group.
 - auto: one replica per GPU when one GPU holds weights + KV + reserve, else one pipeline rank over all.
-- tensor: refused by child_specs until the rank engine can run followers in lockstep.
+- tensor: `ranks` processes, one per GPU (the first `ranks` GPUs), each holding 1/ranks of the weights and
+  of the KV heads plus its own reserve; the heads and experts must divide by `ranks`. Without GPUs the
+  group runs on CPU workers (gloo), as the tests run it.
 A model that fits nowhere fails here, with the numbers and what to change, before any GPU memory is used.
 """
 from __future__ import annotations
@@ -77,12 +79,15 @@ def plan(cfg: dict[str, Any], model_path: Path,
         mxfp4_kernels_missing,
         pick_dtype,
         read_config,
+        tensor_split_error,
     )
 
     mode, ranks = cfg["gpu"]["mode"], int(cfg["gpu"]["ranks"])
     ids = visible_gpus()
-    if not ids or mode == "tensor":
-        # CPU workers (host memory is the operator's to size); tensor is refused with its reason in child_specs.
+    if mode == "tensor" and (why := tensor_split_error(read_config(model_path), ranks)):
+        raise ModelError(f"{cfg['model']}: {why}.")
+    if not ids:
+        # CPU workers (host memory is the operator's to size)
         return {"mode": "single" if mode == "auto" else mode, "ranks": ranks}
     gpus = (measure or probe)(ids)
     capability = min(g.capability for g in gpus)
@@ -105,6 +110,13 @@ def plan(cfg: dict[str, Any], model_path: Path,
         if short:
             raise ModelError(f"{what}; free: {free}. It does not fit --gpu-mode single with {ranks} rank(s): use "
                              f"--gpu-mode pipeline to spread one replica over the GPUs, or {remedies}.")
+    elif mode == "tensor":
+        if ranks > len(gpus):
+            raise ModelError(f"--gpu-mode tensor runs one rank per GPU: --ranks {ranks} > {len(gpus)} visible GPUs.")
+        share = (need.weights + need.kv) / ranks + need.reserve
+        if any(g.free < share for g in gpus[:ranks]):
+            raise ModelError(f"{what}; free: {free}. It does not fit --gpu-mode tensor with {ranks} rank(s) "
+                             f"({_gib(share)} each): use more ranks, --gpu-mode pipeline, or {remedies}.")
     elif mode == "pipeline":
         if len(gpus) % ranks:
             raise ModelError(f"--gpu-mode pipeline splits the {len(gpus)} visible GPUs into equal groups, one per "

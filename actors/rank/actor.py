@@ -4,6 +4,11 @@ Sockets: DEALER (identity = our name) to the router's "ranks" ROUTER for generat
 out; PUSH to the front's "tokens" PULL for token deltas (no hop through the router).
 A request this rank cannot take (queue full, bad parameters) is failed straight to the front with the HTTP
 status to give, and reported finished to the router so its in-flight count stays true.
+
+In `--gpu-mode tensor` this is rank 0 of a tensor-parallel group, the leader: it joins the group before
+loading its shard, its engine sends every step to the followers (follower.py), and while idle it ticks
+them (tensor_group.py) so their waits stay bounded. A failed step in a group is fatal to the process: the
+group's collectives may be out of step, so the actor exits and the supervisor restarts the whole group.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ from ...ipc.messages import Message
 from ..base import Actor
 from .engine import Engine, QueueFull
 from .sampling import SamplingParams
+from .tensor_group import TICK_S, TensorGroup
 
 log = logging.getLogger("rank")
 LOAD_REPORT_S = 0.5
@@ -44,14 +50,18 @@ class Rank(Actor):
             threads = int(gpu["threads_per_rank"]) or max(1, (os.cpu_count() or 1) // int(gpu["ranks"]))
             torch.set_num_threads(threads)
         started = time.monotonic()
+        self.group: TensorGroup | None = None
+        if gpu["mode"] == "tensor":
+            self.group = await asyncio.to_thread(TensorGroup, float(self.cfg["supervisor"]["rank_start_timeout_s"]))
         model, dtype = await asyncio.to_thread(load_for_rank, Path(self.cfg["model_path"]), gpu["mode"],
-                                               int(eng["max_running"]), int(eng["max_model_len"]))
+                                               int(eng["max_running"]), int(eng["max_model_len"]),
+                                               self.group.size if self.group else 1)
         eos = model.generation_config.eos_token_id
         eos_ids = eos if isinstance(eos, list) else [eos] if eos is not None else []
         self.engine = Engine(model, eos_ids, int(eng["max_running"]), int(eng["max_waiting"]), int(eng["max_model_len"]),
                              max_batched_tokens=int(eng["max_batched_tokens"]), block_size=int(eng["kv_block_size"]),
                              kv_cache_tokens=int(eng["kv_cache_tokens"]),
-                             gpu_memory_utilization=float(eng["gpu_memory_utilization"]))
+                             gpu_memory_utilization=float(eng["gpu_memory_utilization"]), group=self.group)
         self.default_max_tokens = int(eng["default_max_tokens"])
         self.device = str(self.engine.device)
         log.info("model loaded", extra={"event": "model_loaded", "device": self.device, "dtype": str(dtype),
@@ -97,6 +107,13 @@ class Rank(Actor):
         while self.owned:
             await asyncio.sleep(0.05)
 
+    async def cleanup(self) -> None:
+        if self.group is not None:
+            try:  # the followers exit cleanly instead of waiting out their timeout
+                await asyncio.to_thread(self.group.stop)
+            except Exception as exc:  # a member is already gone: the supervisor restarts or stops the group
+                log.warning("could not stop the tensor group", extra={"event": "group_stop_failed", "error": str(exc)})
+
     def _abort(self, m: Message) -> None:
         self.engine.abort(m.body["req_id"])
         self.wake.set()
@@ -122,20 +139,35 @@ class Rank(Actor):
         sockets.send_nowait(self.tokens, self.msg("failed", req_id=req_id, status=status, message=message, code=code))
         sockets.send_nowait(self.router, self.msg("finished", req_id=req_id))
 
+    async def _idle(self) -> None:
+        """Wait for work; a group leader ticks its followers meanwhile."""
+        self.wake.clear()
+        if self.group is None:
+            await self.wake.wait()
+            return
+        try:
+            await asyncio.wait_for(self.wake.wait(), TICK_S)
+        except asyncio.TimeoutError:
+            await asyncio.to_thread(self.group.tick)
+
     async def _engine_loop(self) -> None:
         while True:
             if not self.engine.has_work():
-                self.wake.clear()
-                await self.wake.wait()
+                await self._idle()
+                continue
             try:
                 outputs = await asyncio.to_thread(self.engine.step)
             except Exception:
-                # A forward that raises (e.g. CUDA OOM) fails the batch it held, not the process.
+                # A forward that raises (e.g. CUDA OOM) fails the batch it held, not the process ...
                 log.exception("engine step failed", extra={"event": "step_failed"})
                 for r in list(self.engine.running):
                     self._fail(r.id, 500, "generation failed on this rank", "engine_error")
                     self.owned.discard(r.id)
                 self.engine.running.clear()
+                if self.group is not None:  # ... unless the group is out of step: restart it (see above)
+                    for req_id in self.owned:
+                        self._fail(req_id, 503, "this rank's tensor group is restarting; retry", "rank_restarting")
+                    raise
                 continue
             for o in outputs:
                 if o.finish != "abort":

@@ -26,6 +26,9 @@ KV layout (`KVCache`):
   max_running * window whatever the lengths. A chunk writes positions that may overwrite ring entries its
   own earlier queries still need, so chunks gather their cached prefix BEFORE this layer's writes.
 Pools are zero-filled so unread or padded entries are finite (masked weights are exactly 0, 0 * finite = 0).
+Each layer's pools live on that layer's device (a pipeline spreads the layers over GPUs); a step's plan is
+built on the engine's device and copied once per step to each other device that holds layers. In a
+tensor-parallel group each process holds only its shard of the kv heads (kv_heads / group size).
 
 When a forward carries no `StepBatch` (e.g. `model.generate` on the same model object), the function
 falls back to the model's previous attention implementation, so sharing the model stays safe.
@@ -51,20 +54,20 @@ _FALLBACK: dict[int, str] = {}  # id(config) -> attention implementation before 
 ATTN_TILE_BYTES = 256 * 1024 * 1024
 
 
-def kv_bytes_per_token(config: Any, dtype: torch.dtype) -> int:
-    """Bytes one token position costs in the paged (full-attention) layers: K and V of each such layer."""
+def position_bytes(config: Any, dtype: torch.dtype, kv_heads: int) -> int:
+    """Bytes one token position costs in one layer's cache: its K and V over `kv_heads` heads."""
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-    full = sum(1 for t in config.layer_types if t != "sliding_attention")
-    return 2 * full * config.num_key_value_heads * head_dim * torch.empty((), dtype=dtype).element_size()
+    return 2 * kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
 
 
 class KVCache:
     """Per-layer K and V pools: paged for full layers, one ring per running slot for sliding layers."""
 
     def __init__(self, config: Any, num_blocks: int, block_size: int, slots: int, max_model_len: int,
-                 device: torch.device, dtype: torch.dtype) -> None:
+                 device: torch.device, dtype: torch.dtype, kv_heads: int, layer_devices: list[torch.device]) -> None:
         self.block_size = block_size
-        self.kv_heads = config.num_key_value_heads
+        self.device = device  # the engine's: block tables and step plans are built here
+        self.kv_heads = kv_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         self.window = min(int(config.sliding_window or max_model_len), max_model_len)
         self.layer_types = list(config.layer_types)
@@ -72,11 +75,11 @@ class KVCache:
         self.tables = torch.zeros((slots, -(-max_model_len // block_size)), dtype=torch.long, device=device)
         self.k: list[torch.Tensor] = []
         self.v: list[torch.Tensor] = []
-        for t in self.layer_types:
+        for t, dev in zip(self.layer_types, layer_devices, strict=True):
             rows = slots * self.window if t == "sliding_attention" else num_blocks * block_size
             shape = (self.kv_heads, rows, self.head_dim)  # head-major: a gather is already [kvh, ...] for matmul
-            self.k.append(torch.zeros(shape, device=device, dtype=dtype))
-            self.v.append(torch.zeros(shape, device=device, dtype=dtype))
+            self.k.append(torch.zeros(shape, device=dev, dtype=dtype))
+            self.v.append(torch.zeros(shape, device=dev, dtype=dtype))
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (*self.k, *self.v))
@@ -92,6 +95,10 @@ class _Group:
     pre_idx: torch.Tensor | None  # [c, P] cache rows of the cached prefix (None: no chunk has one)
     hidden: torch.Tensor  # [c, 1, Nmax, P + Nmax] bool, True where the key is NOT visible
 
+    def to(self, dev: torch.device) -> _Group:
+        return _Group(self.q_idx.to(dev), self.keep.to(dev), self.out_idx.to(dev),
+                      None if self.pre_idx is None else self.pre_idx.to(dev), self.hidden.to(dev))
+
 
 @dataclass
 class _LayerPlan:
@@ -100,6 +107,12 @@ class _LayerPlan:
     dec_gather: torch.Tensor | None  # [n_dec, Lb] cache rows read by decode tokens
     dec_hidden: torch.Tensor | None  # [n_dec, 1, 1, Lb] bool, True where the key is NOT visible
     groups: list[_Group]
+
+    def to(self, dev: torch.device) -> _LayerPlan:
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(dev)
+        return _LayerPlan(move(self.write_src), self.write_dst.to(dev), move(self.dec_gather), move(self.dec_hidden),
+                          [g.to(dev) for g in self.groups])
 
 
 class StepBatch:
@@ -158,6 +171,17 @@ class StepBatch:
             groups = [self._group(segs, rows, seg, sliding)
                       for rows in _bucket(segs, list(range(n_dec, len(segs))), window, sliding)]
             self.plans[kind] = _LayerPlan(src, dst, gather, hidden, groups)
+        self._moved: dict[tuple[str, torch.device], _LayerPlan] = {}
+
+    def plan(self, layer: int) -> _LayerPlan:
+        """The plan for `layer`, on the device that holds its pools (copied there once per step)."""
+        kind = self.cache.layer_types[layer]
+        dev = self.cache.k[layer].device
+        if dev == self.cache.device:
+            return self.plans[kind]
+        if (kind, dev) not in self._moved:
+            self._moved[(kind, dev)] = self.plans[kind].to(dev)
+        return self._moved[(kind, dev)]
 
     def _group(self, segs: list[tuple[int, int, int, int]], rows: list[int], seg: torch.Tensor,
                sliding: bool) -> _Group:
@@ -260,7 +284,7 @@ def engine_attention(
 
     b = engine_batch
     layer = module.layer_idx
-    plan = b.plans[b.cache.layer_types[layer]]
+    plan = b.plan(layer)
     _, n_heads, t, d = query.shape
     kvh = key.shape[1]
     g = n_heads // kvh

@@ -9,11 +9,17 @@ Public interface (the rank actor and bench/gpu_check.py use only this):
     outputs = eng.step()          # [Output(req_id, ids, finish, logprobs)], one forward
     eng.abort(req_id)             # takes effect at the start of the next step
     eng.load()                    # running, waiting, kv_blocks_used, kv_blocks_total, tokens_per_s
+    eng.forward(StepInputs(...))  # a tensor-parallel follower's step: the leader's forward, replayed
 
-`model` is a loaded GptOssForCausalLM (any device); `kv_cache_tokens` 0 sizes the KV pool automatically:
-on CUDA from the memory free after the model is loaded (`torch.cuda.mem_get_info()`), times
-`gpu_memory_utilization`, less an estimate of the activations a step needs; on CPU max_running *
+`model` is a loaded GptOssForCausalLM (any device, or spread over GPUs by a device map: each layer's KV
+pools go where that layer is); `kv_cache_tokens` 0 sizes the KV pool automatically: on CUDA from the
+memory free after the model is loaded (`torch.cuda.mem_get_info()`) on each device that holds layers,
+times `gpu_memory_utilization`, less an estimate of the activations a step needs; on CPU max_running *
 max_model_len / 4 tokens, at least one max_model_len request and at most CPU_KV_MAX_BYTES.
+
+With `group` (a tensor-parallel group, tensor_group.py) the model holds this process's shard of every layer
+and so does the KV cache (kv_heads / group size); all members agree on the smallest pool. The leader sends
+each step's inputs to the followers just before its own forward; a follower calls only `forward`.
 
 Each `step()` schedules, then runs ONE forward of the stock Hugging Face model over a packed sequence:
 one token for every decoding request, then prefill chunks: a request still reading its prompt gets at most
@@ -46,9 +52,10 @@ from typing import Any, NamedTuple
 
 import torch
 
-from .attention import ATTN_TILE_BYTES, KVCache, StepBatch, install, kv_bytes_per_token
+from .attention import ATTN_TILE_BYTES, KVCache, StepBatch, install, position_bytes
 from .block_manager import BlockManager
 from .sampling import Sampler, SamplingParams, TokenLogprobs
+from .tensor_group import StepInputs, TensorGroup
 
 CPU_KV_MAX_BYTES = 4 * 1024**3  # the auto-sized CPU cache never takes more host memory than this
 THROUGHPUT_WINDOW_S = 5.0  # load()'s tokens_per_s averages over this many seconds
@@ -101,10 +108,14 @@ class Engine:
         block_size: int = 16,
         kv_cache_tokens: int = 0,
         gpu_memory_utilization: float = 0.9,
+        group: TensorGroup | None = None,
     ) -> None:
         self.model = model
+        self.group = group
         param = next(model.parameters())
         self.device = param.device
+        self.layer_devices = [next(layer.self_attn.parameters()).device for layer in model.model.layers]
+        self.kv_heads = model.config.num_key_value_heads // (group.size if group else 1)
         self.eos_ids = set(eos_ids)
         self.max_running = max_running
         self.max_waiting = max_waiting
@@ -115,9 +126,11 @@ class Engine:
         if not isinstance(kv_dtype, torch.dtype):
             kv_dtype = param.dtype
         tokens = kv_cache_tokens or self._auto_kv_tokens(kv_dtype, gpu_memory_utilization)
+        if group is not None:  # the leader's block ids index every member's pools
+            tokens = group.agree_min(tokens)
         self.blocks = BlockManager(max(1, -(-tokens // block_size)), block_size)
         self.kv = KVCache(model.config, self.blocks.num_blocks, block_size, max_running, max_model_len,
-                          self.device, kv_dtype)
+                          self.device, kv_dtype, self.kv_heads, self.layer_devices)
         self.sampler = Sampler(max_running, model.config.vocab_size, self.device)
         self.free_slots: list[int] = list(range(max_running - 1, -1, -1))
         self.waiting: deque[Request] = deque()
@@ -132,24 +145,32 @@ class Engine:
 
     def _auto_kv_tokens(self, dtype: torch.dtype, utilization: float) -> int:
         cfg = self.model.config
-        per_token = kv_bytes_per_token(cfg, dtype)
+        per_layer = position_bytes(cfg, dtype, self.kv_heads)
+        full = [t != "sliding_attention" for t in cfg.layer_types]
         if self.device.type == "cuda":
-            free, _total = torch.cuda.mem_get_info(self.device)
             # A step's transient memory: hidden states and MoE buffers of max_batched_tokens tokens (~32
             # hidden-size vectors each, generously), the float32 logits rows and the sampler's sort of them,
             # a prefill attention tile (logits, masked copy, sink-extended copy, probabilities), and the
-            # sliding rings, which are allocated next to the pool.
+            # sliding rings, which are allocated next to the pool. Every device that holds layers is charged
+            # the activations (a pipeline passes them along) and its own layers' pools and rings.
             elt = torch.empty((), dtype=dtype).element_size()
             activations = (self.max_batched_tokens * cfg.hidden_size * 32 * elt
                            + self.max_running * cfg.vocab_size * 4 * 3 + 4 * ATTN_TILE_BYTES)
-            head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-            sliding = sum(1 for t in cfg.layer_types if t == "sliding_attention")
-            rings = 2 * sliding * self.max_running * int(cfg.sliding_window or 0) * cfg.num_key_value_heads * head_dim * elt
-            budget = int(free * utilization) - activations - rings
-            if budget < per_token * self.max_model_len:
-                raise MemoryError(f"{free / 2**30:.1f} GiB free after loading the model leaves no room for a KV "
-                                  f"cache of one {self.max_model_len}-token request; lower max_model_len/max_running")
-            return budget // per_token
+            fits = []
+            for dev in dict.fromkeys(self.layer_devices):
+                mine = [f for f, d in zip(full, self.layer_devices) if d == dev]
+                rings = per_layer * mine.count(False) * self.max_running * int(cfg.sliding_window or 0)
+                free, _total = torch.cuda.mem_get_info(dev)
+                budget = int(free * utilization) - activations - rings
+                per_token = per_layer * mine.count(True)
+                if budget < per_token * self.max_model_len:
+                    raise MemoryError(f"{free / 2**30:.1f} GiB free on {dev} after loading the model leaves no room "
+                                      f"for a KV cache of one {self.max_model_len}-token request; lower "
+                                      "max_model_len/max_running")
+                if per_token:
+                    fits.append(budget // per_token)
+            return min(fits)
+        per_token = per_layer * full.count(True)
         want = self.max_running * self.max_model_len // 4
         return max(self.max_model_len, min(want, CPU_KV_MAX_BYTES // per_token))
 
@@ -206,9 +227,9 @@ class Engine:
         self.free_slots = [s for s in range(self.max_running - 1, -1, -1) if s not in held]
         self.blocks.reclaim({b for r in self.running for b in r.blocks})
 
-    def _schedule(self, outputs: list[Output]) -> list[tuple[Request, int]]:
+    def _schedule(self, outputs: list[Output]) -> tuple[list[tuple[Request, int]], list[tuple[int, int, int]]]:
         """Handle aborts, grow or preempt running requests, admit waiting ones: [(request, new tokens)],
-        one-token segments first."""
+        one-token segments first, and the block-table entries (slot, index, block) this step added."""
         with self._lock:
             aborts, self._aborts = self._aborts, set()
             if aborts:
@@ -261,11 +282,7 @@ class Engine:
                 budget -= n
                 self._grow(r, n, table_updates)
                 (decodes if n == 1 else chunks).append((r, n))
-            if table_updates:  # the device mirror of the block tables gets this step's new entries in one copy
-                rows, cols, vals = zip(*table_updates)
-                dev = self.device
-                self.kv.tables[torch.tensor(rows, device=dev), torch.tensor(cols, device=dev)] = torch.tensor(vals, device=dev)
-        return decodes + chunks  # decodes first: the packed layout StepBatch expects
+        return decodes + chunks, table_updates  # decodes first: the packed layout StepBatch expects
 
     def _grow(self, r: Request, n: int, table_updates: list[tuple[int, int, int]]) -> None:
         """Give r the blocks for its next n tokens now (so later checks this step see them taken)."""
@@ -274,9 +291,28 @@ class Engine:
             table_updates.append((r.slot, have + j, b))
 
     @torch.inference_mode()
+    def forward(self, s: StepInputs) -> torch.Tensor:
+        """One packed forward: the logits [len(s.last), vocab] of the flat tokens in `s.last`."""
+        dev = self.device
+        if s.table:  # the device mirror of the block tables gets this step's new entries in one copy
+            rows, cols, vals = zip(*s.table)
+            self.kv.tables[torch.tensor(rows, device=dev), torch.tensor(cols, device=dev)] = torch.tensor(vals, device=dev)
+        positions = torch.tensor(s.pos, device=dev)
+        logits = self.model(
+            input_ids=torch.tensor([s.ids], device=dev),
+            position_ids=positions[None],
+            attention_mask={"full_attention": None, "sliding_attention": None},
+            use_cache=False,
+            # every token's logits (0) when each is a request's last, as in an all-decode step
+            logits_to_keep=0 if len(s.last) == len(s.ids) else torch.tensor(s.last, dtype=torch.long, device=dev),
+            engine_batch=StepBatch(self.kv, s.segs, positions),
+        ).logits[0]
+        return logits.to(dev)  # a pipeline's lm_head may sit on another GPU than the sampler
+
+    @torch.inference_mode()
     def step(self) -> list[Output]:
         outputs: list[Output] = []
-        sched = self._schedule(outputs)
+        sched, table_updates = self._schedule(outputs)
         if not sched:
             return outputs
 
@@ -299,18 +335,13 @@ class Engine:
             if r.computed == len(r.prompt) + len(r.out):
                 last.append(len(ids) - 1)
                 done.append(r)
-        dev = self.device
-        positions = torch.tensor(pos, device=dev)
-        batch = StepBatch(self.kv, segs, positions)
-        logits = self.model(
-            input_ids=torch.tensor([ids], device=dev),
-            position_ids=positions[None],
-            attention_mask={"full_attention": None, "sliding_attention": None},
-            use_cache=False,
-            # every token's logits (0) when each is a request's last, as in an all-decode step
-            logits_to_keep=0 if len(last) == len(ids) else torch.tensor(last, device=dev),
-            engine_batch=batch,
-        ).logits[0]  # [len(done), vocab]
+        inputs = StepInputs(ids, pos, segs, last, table_updates)
+        if self.group is None:
+            logits = self.forward(inputs)
+        else:
+            with self.group.lock:  # a tick or stop from another thread must not land inside this step's collectives
+                self.group.send_step(inputs)
+                logits = self.forward(inputs)
 
         tokens, lps = self.sampler(logits, done) if done else ([], [])
         for r, token, lp in zip(done, tokens, lps):

@@ -154,7 +154,32 @@ def test_tensor_layout_gives_torch_distributed_its_environment(env):
     assert out == [{**common, "RANK": "0", "LOCAL_RANK": "0"}, {**common, "RANK": "1", "LOCAL_RANK": "1"}]
 
 
-def test_tensor_mode_is_refused_at_start_with_what_to_use_instead(env):
-    with pytest.raises(ValueError) as err:
-        specs.child_specs(_cfg(env, "0,1", "tensor", 2))
-    assert "lockstep" in str(err.value) and "--gpu-mode pipeline" in str(err.value)
+def test_tensor_specs_one_leader_rank_and_followers_in_one_group(env):
+    out = specs.child_specs(_cfg(env, "0,1", "tensor", 2))
+    ranks = {s.name: s for s in out if s.kind in ("rank", "rank_follower")}
+    assert [(s.name, s.kind, s.group) for s in ranks.values()] == [("rank-0", "rank", "tensor"),
+                                                                    ("rank-1", "rank_follower", "tensor")]
+    assert ranks["rank-1"].module == "gptoss.actors.rank.follower" and ranks["rank-0"].module == "gptoss.actors.rank"
+    assert ranks["rank-1"].env["RANK"] == "1" and ranks["rank-1"].env["WORLD_SIZE"] == "2"
+    # other modes have no groups: a rank's death restarts only that rank
+    assert all(not s.group for s in specs.child_specs(_cfg(env, "0,1", "single", 2)))
+
+
+def test_tensor_layout_on_cpu_workers_and_one_gpu_per_rank(env):
+    assert [e["RANK"] for e in _layout(env, "", "tensor", 2)] == ["0", "1"]  # gloo on CPU
+    with pytest.raises(ValueError, match="a GPU per rank"):
+        _layout(env, "0", "tensor", 2)
+
+
+def test_tensor_plan_checks_the_split_and_each_gpus_share(env, tmp_path):
+    model = _model(tmp_path, shapes.GPT_OSS_120B, "120b")
+    # 120b dequantized to bf16 (~217 GiB) does not fit one or two 80 GB cards, but a quarter of it fits each of 4
+    assert gpus.plan(_cfg(env, "0,1,2,3", "tensor", 4, model="120b"), model, _probe([79] * 4)) == \
+        {"mode": "tensor", "ranks": 4}
+    with pytest.raises(ModelError, match="does not fit --gpu-mode tensor with 2 rank"):
+        gpus.plan(_cfg(env, "0,1", "tensor", 2, model="120b"), model, _probe([79] * 2))
+    with pytest.raises(ModelError, match="one rank per GPU"):
+        gpus.plan(_cfg(env, "0,1", "tensor", 4, model="120b"), model, _probe([79] * 2))
+    # 64 heads, 8 kv heads, 128 experts: 3 ranks cannot split them, with or without GPUs
+    with pytest.raises(ModelError, match="must divide num_attention_heads=64, num_key_value_heads=8"):
+        gpus.plan(_cfg(env, "", "tensor", 3, model="120b"), model)

@@ -111,7 +111,7 @@ class Rank(Actor):
         if self.group is not None:
             try:  # the followers exit cleanly instead of waiting out their timeout
                 await asyncio.to_thread(self.group.stop)
-            except Exception as exc:  # a member is already gone: the supervisor restarts or stops the group
+            except RuntimeError as exc:  # a member is already gone (torch.distributed's errors are RuntimeErrors)
                 log.warning("could not stop the tensor group", extra={"event": "group_stop_failed", "error": str(exc)})
 
     def _abort(self, m: Message) -> None:

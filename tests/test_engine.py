@@ -338,3 +338,24 @@ def test_auto_kv_size(model, monkeypatch):
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2**30, 80 * 2**30))
     with pytest.raises(MemoryError, match="no room"):
         eng._auto_kv_tokens(torch.bfloat16, 0.9)
+
+
+def test_sampler_draws_follow_the_distribution_and_truncation():
+    """Inverse-CDF sampling: frequencies match softmax(logits / T); top-k / top-p cut tokens are never drawn."""
+    from types import SimpleNamespace
+
+    from gptoss.actors.rank.sampling import Sampler
+
+    probs = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.0])
+    logits = torch.log(probs.clamp_min(1e-30)).repeat(4000, 1)
+    sampler = Sampler(slots=1, vocab=5, device=torch.device("cpu"))
+    plain = SimpleNamespace(params=SamplingParams(temperature=1.0), gen=None, slot=None)
+    tokens, _ = sampler(logits, [plain] * 4000)
+    freq = torch.bincount(torch.tensor(tokens), minlength=5).float() / 4000
+    assert torch.allclose(freq, probs, atol=0.03), freq
+    top2 = SimpleNamespace(params=SamplingParams(temperature=1.0, top_k=2), gen=None, slot=None)
+    tokens, _ = sampler(logits[:2000], [top2] * 2000)
+    assert set(tokens) == {2, 3}
+    top_p = SimpleNamespace(params=SamplingParams(temperature=1.0, top_p=0.35), gen=None, slot=None)
+    tokens, _ = sampler(logits[:500], [top_p] * 500)
+    assert set(tokens) == {3}  # 0.4 alone reaches 0.35

@@ -3,8 +3,10 @@
 It is the real `GptOssForCausalLM` architecture (alternating sliding/full attention with sinks, top-k MoE,
 YaRN rope) at toy size, with a byte-level BPE tokenizer carrying the harmony special tokens and a harmony
 chat template, saved in the same on-disk layout as openai/gpt-oss-20b. Loading it goes through exactly the
-code path of the real models, so tests and the default run exercise that path on any CPU. Weights are
-random (fixed seed): its output is well-formed token ids, not sense.
+code path of the real models, so tests and the default run exercise that path on any CPU. The weights are
+trained briefly (tiny_train.py) on synthetic harmony conversations: the model knows nothing, but it answers
+in well-formed harmony (analysis, then final; a tool call when tools are offered), so the server's reasoning
+and tool-call parsing run on real model output.
 
     python -m gptoss.models.tiny [--out DIR]     # build (or find) the checkpoint and print its path
 """
@@ -19,12 +21,14 @@ import shutil
 from pathlib import Path
 
 from .tiny_tokenizer import VOCAB_SIZE, build_tokenizer
+from .tiny_train import train
 
 log = logging.getLogger(__name__)
 
 # The cache directory name. Bump it whenever the checkpoint's bytes change (this file, tiny_tokenizer.py,
-# the chat template): processes find the checkpoint by this name alone, so an old build must not match.
-TINY_NAME = "tiny-v1"
+# the chat template, tiny_corpus.py, tiny_train.py): processes find the checkpoint by this name alone, so an
+# old build must not match.
+TINY_NAME = "tiny-v2"
 CHAT_TEMPLATE = Path(__file__).with_name("harmony_chat_template.jinja")
 _WEIGHT_SEED = 0
 _CONTEXT = 4096
@@ -69,8 +73,9 @@ def _config(ids: dict[str, int]):
 def build_tiny(out_dir: Path) -> Path:
     """Write the checkpoint (config, float32 safetensors, tokenizer, chat template) into out_dir.
 
-    Byte-identical on every run with the same library versions: the tokenizer is trained on a fixed corpus
-    and the weights come from a fixed seed, under fork_rng so the caller's random state is left alone.
+    Byte-identical on every run with the same library versions and CPU kind: the tokenizer is trained on a
+    fixed corpus, the weights start from a fixed seed and train deterministically (tiny_train.py), under
+    fork_rng so the caller's random state is left alone.
     """
     # Imported here, not at the top: a process that only needs the path of an already built checkpoint
     # (supervisor, front) should not pay for importing torch.
@@ -94,6 +99,7 @@ def build_tiny(out_dir: Path) -> Path:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_WEIGHT_SEED)
         model = GptOssForCausalLM(config)
+    train(model, tokenizer)
     model.generation_config = GenerationConfig(
         bos_token_id=config.bos_token_id,
         # <|return|> ends an answer, <|call|> a tool call; <|endoftext|> as a safety net, as in the real models.

@@ -14,15 +14,16 @@ import torch
 from transformers import GptOssForCausalLM
 
 from gptoss.models.loader import ModelNotFound, load_model, load_tokenizer, pick_dtype, resolve_model
-from gptoss.models.tiny import TINY_NAME, build_tiny, ensure_tiny
+from gptoss.models.tiny import TINY_NAME, build_tiny, default_cache_root, ensure_tiny
 from gptoss.models.tiny_tokenizer import HARMONY_SPECIAL_TOKENS
 
 
 @pytest.fixture(scope="module")
-def cache_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("gptoss-cache")
-    ensure_tiny(root)
-    return root
+def cache_root() -> Path:
+    # The shared cache ($GPTOSS_CACHE), as every other test uses: the build trains the model for a minute or
+    # more, so it happens once per machine, not once per test module.
+    ensure_tiny()
+    return default_cache_root()
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +41,7 @@ def model(tiny_dir):
     return load_model(tiny_dir, "cpu", torch.float32)
 
 
+@pytest.mark.timeout(900)  # a full build with training: minutes on a loaded two-core machine
 def test_two_builds_are_byte_identical(tiny_dir, tmp_path):
     other = build_tiny(tmp_path / "again")
     for name in ("model.safetensors", "tokenizer.json", "config.json", "generation_config.json",
@@ -169,9 +171,13 @@ def _blocked_on_flock(pid: int) -> bool:
                for line in Path("/proc/locks").read_text().splitlines())
 
 
-def test_concurrent_ensure_tiny_builds_once(tmp_path, tiny_dir):
-    script = ("import logging, sys; logging.basicConfig(level=logging.INFO, format='%(message)s');"
-              "from gptoss.models.tiny import ensure_tiny; print(ensure_tiny(sys.argv[1]))")
+def test_concurrent_ensure_tiny_builds_once(tmp_path):
+    # The builder is stubbed: this tests the lock, and a real build (covered above) takes minutes. The stub
+    # records which process built, so "built once" is checked on the result too.
+    script = ("import logging, os, sys; logging.basicConfig(level=logging.INFO, format='%(message)s');"
+              "import gptoss.models.tiny as tiny;"
+              "tiny.build_tiny = lambda out: (out.mkdir(), (out / 'builder').write_text(str(os.getpid())));"
+              "print(tiny.ensure_tiny(sys.argv[1]))")
     # Hold the build lock until both processes queue on it, so they really race for it when it is released.
     with open(tmp_path / f"{TINY_NAME}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -186,8 +192,7 @@ def test_concurrent_ensure_tiny_builds_once(tmp_path, tiny_dir):
     assert {out.strip() for out, _, _ in results} == {str(tmp_path / TINY_NAME)}
     assert sum(err.count("building tiny checkpoint") for _, err, _ in results) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == [TINY_NAME, f"{TINY_NAME}.lock"]
-    built = tmp_path / TINY_NAME / "model.safetensors"
-    assert built.read_bytes() == (tiny_dir / "model.safetensors").read_bytes()
+    assert (tmp_path / TINY_NAME / "builder").read_text() in {str(p.pid) for p in procs}
 
 
 def test_resolve_model(cache_root, tiny_dir, tmp_path, monkeypatch):

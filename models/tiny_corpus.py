@@ -122,19 +122,15 @@ class Example:
         return f"{head}<|channel|>final<|message|>{self.content}<|return|>"
 
 
-def _pick(rng: random.Random, values: dict[str, list[str]], split: str) -> str:
-    return rng.choice(values[split])
-
-
 def _arguments_for(kind: str, rng: random.Random, split: str) -> list[Any]:
     if kind == "weather":
-        return [_pick(rng, _CITIES, split)]
+        return [rng.choice(_CITIES[split])]
     if kind == "time":
         return [rng.choice(_ZONES[split])]
     if kind == "search":
-        return [_pick(rng, _TOPICS, split)]
+        return [rng.choice(_TOPICS[split])]
     if kind == "add":
-        # Held-out numbers are three-digit, training ones shorter or longer: the model must copy digits.
+        # Held-out numbers have three digits, training ones fewer or more: none can come from memory.
         return [rng.randint(100, 999), rng.randint(100, 999)] if split == "heldout" else \
             [rng.choice([rng.randint(0, 99), rng.randint(1000, 99999)]) for _ in range(2)]
     raise ValueError(kind)
@@ -143,8 +139,7 @@ def _arguments_for(kind: str, rng: random.Random, split: str) -> list[Any]:
 def _tool_spec(kind: str, rng: random.Random) -> tuple[dict[str, Any], list[str]]:
     spec = _TOOL_KINDS[kind]
     keys = spec["keys"]
-    number = kind == "add"
-    properties = {key: {"type": "number" if number else "string"} for key in keys}
+    properties = {key: {"type": "number" if kind == "add" else "string"} for key in keys}
     if rng.random() < 0.5:
         for key in keys:
             properties[key]["description"] = f"The {key}."
@@ -193,7 +188,7 @@ def _plain_turn(rng: random.Random, split: str) -> tuple[str, str, str]:
         # Arbitrary words: whatever a client sends, the model still answers in harmony.
         return _prose(rng), "The user sent a message.", rng.choice(
             ["Sure, here is a short answer.", "I can help with that.", "Thanks for your message."])
-    topic = _pick(rng, _TOPICS, split)
+    topic = rng.choice(_TOPICS[split])
     return (rng.choice(_PLAIN_REQUESTS).format(topic), f"The user asks about {topic}.",
             f"{topic[0].upper() + topic[1:]} is an interesting subject. Ask me more about {topic} if you like.")
 

@@ -50,9 +50,12 @@ SCHEMAS: dict[str, dict[str, tuple[type, ...]]] = {
     # router -> front
     "routed": {"req_id": _STR, "rank": _STR},
     "reject": {"req_id": _STR, "status": _INT, "message": _STR, "code": _STR},
-    # rank -> front (PUSH/PULL, straight, no hop through the router). Optional field `logprobs`, present only
-    # when the request asked: one entry per id in `ids`, [chosen_logprob, [[token_id, logprob], ...top-N]].
-    "tokens": {"req_id": _STR, "ids": _LIST, "finish": _OPT_STR},
+    # rank -> front (PUSH/PULL, straight, no hop through the router): ONE message per engine step carrying
+    # every request's new tokens, `items` = [[req_id, ids, finish or None], ...]; an item has a 4th element,
+    # logprobs, only when its request asked: one entry per id, [chosen_logprob, [[token_id, logprob], ...]].
+    # One envelope per step instead of one per request per step: at 32+ streams the per-message cost (encode,
+    # send, receive, decode) was a real share of both processes' time.
+    "tokens": {"items": _LIST},
     "failed": {"req_id": _STR, "status": _INT, "message": _STR, "code": _STR},
     # rank -> router
     "load": {"rank": _STR, "running": _INT, "waiting": _INT, "draining": _BOOL,

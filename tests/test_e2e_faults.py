@@ -14,6 +14,7 @@ import zmq
 from tree import Tree, chat
 
 from gptoss.ipc import endpoints
+from gptoss.ipc.messages import encode, make
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +122,12 @@ def test_garbage_on_every_socket_leaves_everyone_serving(tree):
                 s.setsockopt(zmq.IDENTITY, b"intruder-" + name.encode())
             s.connect(endpoints.endpoint(tree.run_dir, name))
             time.sleep(0.05)
-            for frames in _garbage_frames():
+            frames_list = _garbage_frames()
+            if name == "tokens":
+                # a well-formed envelope whose items are not: each bad item is dropped alone
+                frames_list.append([encode(make("tokens", "intruder", items=[
+                    ["r", "not ids", None], 5, ["r", [1, True], None], ["ghost", [1, 2], None, "bad lps"]]))])
+            for frames in frames_list:
                 if kind == zmq.SUB:
                     s.setsockopt(zmq.SUBSCRIBE, frames[0][:8])  # all a SUB can send upstream
                 else:

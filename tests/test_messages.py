@@ -90,11 +90,9 @@ def test_round_trip_realistic_messages():
     cases = [
         make("generate", "front", req_id="req-1", prompt_ids=list(range(4096)),
              params={"temperature": 0.7, "top_p": 1.0, "max_tokens": 64, "stop": ["<|return|>"]}),
-        make("tokens", "rank-1", req_id="req-1", ids=[200005, 17, 3], finish=None),
-        make("tokens", "rank-1", req_id="req-1", ids=[], finish="stop"),
-        # the optional logprobs field: one [chosen, [[id, logprob], ...]] per id
-        make("tokens", "rank-1", req_id="req-1", ids=[17, 3], finish=None,
-             logprobs=[[-0.25, [[17, -0.25], [9, -1.5]]], [-3.0, []]]),
+        make("tokens", "rank-1", items=[["req-1", [200005, 17, 3], None], ["req-2", [], "stop"]]),
+        # an item's optional 4th element, logprobs: one [chosen, [[id, logprob], ...]] per id
+        make("tokens", "rank-1", items=[["req-1", [17, 3], None, [[-0.25, [[17, -0.25], [9, -1.5]]], [-3.0, []]]]]),
         make("generate", "front", req_id="req-2", prompt_ids=[1, 2],
              params={"temperature": 0.0, "top_k": 40, "frequency_penalty": 0.5, "presence_penalty": -1.0,
                      "logprobs": 5}),

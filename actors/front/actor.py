@@ -109,14 +109,25 @@ class Front(Actor):
                 continue
             m = got[1]
             if m.type == "tokens":
-                # logprobs is optional in the wire contract: ranks send it only when the request asked
-                if not self.streams.on_tokens(m.body["req_id"], m.body["ids"], m.body["finish"], _logprobs(m.body)):
-                    self.count("orphan_tokens_total")
+                for item in m.body["items"]:
+                    self._on_item(item)
             elif m.type == "failed":
                 b = m.body
                 self.streams.on_error(b["req_id"], b["status"], b["message"], b["code"])
             else:
                 self.count("bad_frames_total")
+
+    def _on_item(self, item: Any) -> None:
+        """One request's share of a rank's tokens message: [req_id, ids, finish] (+ logprobs). The codec checked
+        the envelope; the items are checked here, and a malformed one is dropped alone."""
+        if not (isinstance(item, list) and len(item) in (3, 4) and isinstance(item[0], str)
+                and isinstance(item[1], list) and all(isinstance(t, int) and not isinstance(t, bool) for t in item[1])
+                and (item[2] is None or isinstance(item[2], str))):
+            self.count("bad_frames_total")
+            return
+        req_id, ids, finish = item[0], item[1], item[2]
+        if not self.streams.on_tokens(req_id, ids, finish, _logprobs(req_id, ids, item[3] if len(item) == 4 else None)):
+            self.count("orphan_tokens_total")
 
     # ---- response cache ------------------------------------------------------------------------------
     @staticmethod
@@ -150,18 +161,17 @@ class Front(Actor):
                 fut.set_result(got[1].body)
 
 
-def _logprobs(body: dict[str, Any]) -> list | None:
-    """The tokens message's optional logprobs, if well formed: one [logprob, [[id, logprob], ...]] per id.
+def _logprobs(req_id: str, ids: list[int], lps: Any) -> list | None:
+    """A tokens item's optional logprobs, if well formed: one [logprob, [[id, logprob], ...]] per id.
     A malformed one is dropped (the tokens still count) rather than failing the request mid-stream."""
-    lps = body.get("logprobs")
     if lps is None:
         return None
-    ok = isinstance(lps, list) and len(lps) == len(body["ids"]) and all(
+    ok = isinstance(lps, list) and len(lps) == len(ids) and all(
         isinstance(e, list) and len(e) == 2 and isinstance(e[0], (int, float)) and isinstance(e[1], list)
         and all(isinstance(t, list) and len(t) == 2 and isinstance(t[0], int) and isinstance(t[1], (int, float))
                 for t in e[1]) for e in lps)
     if not ok:
-        log.warning("malformed logprobs dropped", extra={"event": "bad_logprobs", "request_id": body["req_id"]})
+        log.warning("malformed logprobs dropped", extra={"event": "bad_logprobs", "request_id": req_id})
         return None
     return lps
 

@@ -169,11 +169,11 @@ class Rank(Actor):
                         self._fail(req_id, 503, "this rank's tensor group is restarting; retry", "rank_restarting")
                     raise
                 continue
+            items = [[o.req_id, o.ids, o.finish] + ([] if o.logprobs is None else [o.logprobs])
+                     for o in outputs if o.finish != "abort"]
+            if items:
+                sockets.send_nowait(self.tokens, self.msg("tokens", items=items))
             for o in outputs:
-                if o.finish != "abort":
-                    extra = {} if o.logprobs is None else {"logprobs": o.logprobs}
-                    sockets.send_nowait(self.tokens, self.msg("tokens", req_id=o.req_id, ids=o.ids, finish=o.finish,
-                                                              **extra))
                 if o.finish is not None:
                     self.owned.discard(o.req_id)
                     sockets.send_nowait(self.router, self.msg("finished", req_id=o.req_id))

@@ -153,12 +153,18 @@ class Rank(Actor):
             await asyncio.to_thread(self.group.tick)
 
     async def _engine_loop(self) -> None:
+        # The next step starts before this step's tokens are sent: the forward runs in its worker thread
+        # (torch releases the GIL in its kernels) while this loop encodes and sends, so sending costs no step
+        # time. Safe because add/abort only touch the engine's locked inboxes and outputs are plain tuples.
+        step: asyncio.Future | None = None
         while True:
-            if not self.engine.has_work():
-                await self._idle()
-                continue
+            if step is None:
+                if not self.engine.has_work():
+                    await self._idle()
+                    continue
+                step = asyncio.ensure_future(asyncio.to_thread(self.engine.step))
             try:
-                outputs = await asyncio.to_thread(self.engine.step)
+                outputs = await step
             except Exception:
                 # A forward that raises (e.g. CUDA OOM) fails the batch it held, not the process ...
                 log.exception("engine step failed", extra={"event": "step_failed"})
@@ -170,16 +176,22 @@ class Rank(Actor):
                     for req_id in self.owned:
                         self._fail(req_id, 503, "this rank's tensor group is restarting; retry", "rank_restarting")
                     raise
+                step = None
                 continue
-            items = [[o.req_id, o.ids, o.finish] + ([] if o.logprobs is None else [o.logprobs])
-                     for o in outputs if o.finish != "abort"]
-            if items:
-                sockets.send_nowait(self.tokens, self.msg("tokens", items=items))
-            for o in outputs:
-                if o.finish is not None:
-                    self.owned.discard(o.req_id)
-                    sockets.send_nowait(self.router, self.msg("finished", req_id=o.req_id))
-            self.count("tokens_total", sum(len(o.ids) for o in outputs))
+            step = asyncio.ensure_future(asyncio.to_thread(self.engine.step)) if self.engine.has_work() else None
+            self._publish(outputs)
+
+    def _publish(self, outputs: list[Any]) -> None:
+        """A step's tokens to the front (one message), and its finished requests to the router."""
+        items = [[o.req_id, o.ids, o.finish] + ([] if o.logprobs is None else [o.logprobs])
+                 for o in outputs if o.finish != "abort"]
+        if items:
+            sockets.send_nowait(self.tokens, self.msg("tokens", items=items))
+        for o in outputs:
+            if o.finish is not None:
+                self.owned.discard(o.req_id)
+                sockets.send_nowait(self.router, self.msg("finished", req_id=o.req_id))
+        self.count("tokens_total", sum(len(o.ids) for o in outputs))
 
     def _send_load(self) -> dict[str, Any]:
         load = self.engine.load()  # running, waiting, kv_blocks_used, kv_blocks_total, tokens_per_s

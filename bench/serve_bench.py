@@ -47,15 +47,18 @@ def start_server(ranks: int) -> tuple[subprocess.Popen, str, Path]:
     raise SystemExit("server did not come up in 120 s")
 
 
-async def one(client: openai.AsyncOpenAI, i: int, tokens: int) -> dict:
+async def one(client: openai.AsyncOpenAI, model: str, i: int, tokens: int, ignore_eos: bool = True) -> dict:
     t0 = time.perf_counter()
     ttft = None
     n = 0
     stream = await client.chat.completions.create(
-        model="gpt-oss-tiny", messages=[{"role": "user", "content": f"Tell me about request {i}."}],
+        model=model, messages=[{"role": "user", "content": f"Tell me about request {i}."}],
         max_tokens=tokens, stream=True, stream_options={"include_usage": True}, temperature=1.0,
-        extra_body={"ignore_eos": True})
+        extra_body={"ignore_eos": True} if ignore_eos else None)
+    chunks = 0  # a peer that sends no usage chunk is counted by its content chunks (one token each)
     async for chunk in stream:
+        if chunk.choices and (chunk.choices[0].delta.content or chunk.choices[0].delta.model_extra):
+            chunks += 1
         if ttft is None and chunk.choices and chunk.choices[0].delta.model_extra is not None:
             d = chunk.choices[0].delta
             if d.content or d.model_extra.get("reasoning_content") or d.tool_calls:
@@ -63,14 +66,14 @@ async def one(client: openai.AsyncOpenAI, i: int, tokens: int) -> dict:
         if chunk.usage is not None:
             n = chunk.usage.completion_tokens
     return {"ttft": ttft if ttft is not None else time.perf_counter() - t0, "latency": time.perf_counter() - t0,
-            "tokens": n}
+            "tokens": n or chunks}
 
 
-async def run(url: str, concurrency: int, tokens: int) -> dict:
+async def run(url: str, model: str, concurrency: int, tokens: int, ignore_eos: bool) -> dict:
     client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=300)
-    await one(client, -1, 8)  # warm-up
+    await one(client, model, -1, 8, ignore_eos)  # warm-up
     t0 = time.perf_counter()
-    results = await asyncio.gather(*(one(client, i, tokens) for i in range(concurrency)))
+    results = await asyncio.gather(*(one(client, model, i, tokens, ignore_eos) for i in range(concurrency)))
     wall = time.perf_counter() - t0
     await client.close()
     ttfts = sorted(r["ttft"] for r in results)
@@ -86,7 +89,10 @@ async def run(url: str, concurrency: int, tokens: int) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--url", help="an already running server (else one is started on the tiny model)")
+    p.add_argument("--model", default="gpt-oss-tiny", help="model name to ask for (a peer server names it its way)")
     p.add_argument("--ranks", type=int, default=1)
+    p.add_argument("--no-ignore-eos", dest="ignore_eos", action="store_false",
+                   help="let streams end at the model's end of turn (for a peer without vLLM's ignore_eos)")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     p.add_argument("--tokens", type=int, default=64)
     args = p.parse_args()
@@ -95,7 +101,7 @@ def main() -> None:
     if url is None:
         proc, url, _ = start_server(args.ranks)
     try:
-        rows = [asyncio.run(run(url, c, args.tokens)) for c in args.concurrency]
+        rows = [asyncio.run(run(url, args.model, c, args.tokens, args.ignore_eos)) for c in args.concurrency]
     finally:
         if proc is not None:
             proc.send_signal(signal.SIGTERM)

@@ -153,6 +153,22 @@ def test_join_gets_first_token_next_step(model):
     assert len(outs["a"]) == 1 and len(outs["b"]) == 1
 
 
+def test_join_behind_a_long_chunked_prompt_waits_one_step(model):
+    """A long prompt being prefilled in chunks does not hold a joiner back: it gets its first token next step,
+    the long prompt keeps advancing, and both still give the greedy reference."""
+    eng = Engine(model, [NEVER], max_running=4, max_waiting=4, max_model_len=1024, max_batched_tokens=64)
+    long_p, short_p = prompt(600, 21), prompt(20, 22)
+    eng.add("long", long_p, greedy(4))
+    eng.step()
+    eng.step()
+    eng.add("short", short_p, greedy(4))
+    out = {o.req_id: o.ids for o in eng.step()}
+    assert len(out.get("short", [])) == 1 and "long" not in out  # long is still prefilling
+    rest = drain(eng)
+    assert [*out["short"], *rest["short"]] == reference(model, short_p, 4)
+    assert rest["long"] == reference(model, long_p, 4)
+
+
 def test_seeded_sampling_is_batch_independent(model):
     p = prompt(16, 11)
     params = SamplingParams(max_tokens=40, temperature=1.0, top_p=0.9, top_k=50, seed=1234)

@@ -245,13 +245,17 @@ class Engine:
             chunks: list[tuple[Request, int]] = []
             table_updates: list[tuple[int, int, int]] = []  # (slot, table index, block)
             budget = self.max_batched_tokens
+            # While requests wait to join, prompts already being prefilled in chunks take at most half the
+            # step's prompt budget: a joiner of up to max_batched_tokens / 2 tokens then gets its first token
+            # in the next step instead of waiting behind a long prompt, and the long prompt still advances.
+            reserve = self.max_batched_tokens // 2 if self.waiting and self.free_slots else 0
             preempted = False
             bs = self.blocks.block_size
             i = 0
             while i < len(self.running):
                 r = self.running[i]
                 left = len(r.prompt) + len(r.out) - r.computed
-                n = 1 if left == 1 else min(left, budget)  # decodes always; prompt chunks within budget
+                n = 1 if left == 1 else min(left, budget - reserve)  # decodes always; chunks within budget
                 if n == 0:
                     i += 1
                     continue

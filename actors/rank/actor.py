@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Awaitable
 from pathlib import Path
@@ -41,16 +40,10 @@ class Rank(Actor):
         parser.add_argument("--rank", type=int, required=True)
 
     async def setup(self) -> None:
-        import torch
-
-        from ...models.loader import load_for_rank
+        from ...models.loader import load_for_rank, set_cpu_threads
 
         gpu, eng = self.cfg["gpu"], self.cfg["engine"]
-        if not torch.cuda.is_available():
-            # One core stays with the front and the other actors: torch threads that compete with the process
-            # writing the streams spin and stall (on 2 cores, 1 thread served ~25% more tokens/s than 2).
-            threads = int(gpu["threads_per_rank"]) or max(1, ((os.cpu_count() or 1) - 1) // int(gpu["ranks"]))
-            torch.set_num_threads(threads)
+        set_cpu_threads(gpu)
         started = time.monotonic()
         self.group: TensorGroup | None = None
         if gpu["mode"] == "tensor":

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 from pathlib import Path
 
@@ -39,13 +38,10 @@ class Follower(Actor):
         parser.add_argument("--rank", type=int, required=True)
 
     async def setup(self) -> None:
-        import torch
-
-        from ...models.loader import load_for_rank
+        from ...models.loader import load_for_rank, set_cpu_threads
 
         gpu, eng = self.cfg["gpu"], self.cfg["engine"]
-        if not torch.cuda.is_available():
-            torch.set_num_threads(int(gpu["threads_per_rank"]) or max(1, (os.cpu_count() or 1) // int(gpu["ranks"])))
+        set_cpu_threads(gpu)
         self.group = await asyncio.to_thread(TensorGroup, float(self.cfg["supervisor"]["rank_start_timeout_s"]))
         model, _ = await asyncio.to_thread(load_for_rank, Path(self.cfg["model_path"]), "tensor",
                                            int(eng["max_running"]), int(eng["max_model_len"]), self.group.size)

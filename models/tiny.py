@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 # The cache directory name. Bump it whenever the checkpoint's bytes change (this file, tiny_tokenizer.py,
 # the chat template, tiny_corpus.py, tiny_train.py): processes find the checkpoint by this name alone, so an
 # old build must not match.
-TINY_NAME = "tiny-v2"
+TINY_NAME = "tiny-v3"
 CHAT_TEMPLATE = Path(__file__).with_name("harmony_chat_template.jinja")
 _WEIGHT_SEED = 0
 _CONTEXT = 4096

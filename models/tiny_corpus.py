@@ -6,7 +6,8 @@ server renders them; the target is the harmony text the model must emit after `<
 
     answer:      <|channel|>analysis<|message|>R<|end|><|start|>assistant<|channel|>final<|message|>A<|return|>
     tool call:   <|channel|>analysis<|message|>R<|end|><|start|>assistant<|channel|>commentary
-                 to=functions.NAME <|constrain|>json<|message|>{"key": "value"}<|call|>
+                 to=functions.NAME <|constrain|>json<|message|>{"key": "value"}<|call|>  (sometimes without
+                 the analysis message)
     after tool:  an answer whose text repeats the tool's result
 
 written the way the template renders past assistant turns, so a conversation that echoes the model's
@@ -115,7 +116,7 @@ class Example:
 
     def completion(self) -> str:
         """The harmony text after the prompt's `<|start|>assistant`, as the template renders such a turn."""
-        head = f"<|channel|>analysis<|message|>{self.reasoning}<|end|><|start|>assistant"
+        head = f"<|channel|>analysis<|message|>{self.reasoning}<|end|><|start|>assistant" if self.reasoning else ""
         if self.call is not None:
             name, arguments = self.call
             return f"{head}<|channel|>commentary to=functions.{name} <|constrain|>json<|message|>{arguments}<|call|>"
@@ -152,17 +153,21 @@ def _tool_spec(kind: str, rng: random.Random) -> tuple[dict[str, Any], list[str]
 
 
 def _result_for(kind: str, args: list[Any], rng: random.Random) -> tuple[str, str, str]:
-    """(tool output, what the reasoning says about it, the final answer), each quoting the output."""
+    """(tool output, what the reasoning says about it, the final answer), each quoting the output.
+
+    The output is JSON or plain text: clients send back whatever their function returned.
+    """
+    plain = rng.random() < 0.5
     if kind == "weather":
         degrees, sky = rng.randint(-10, 35), rng.choice(["sunny", "cloudy", "rainy", "windy"])
-        return (json.dumps({"temperature": degrees, "sky": sky}), f"It is {degrees} degrees and {sky}.",
-                f"It is {degrees} degrees and {sky} in {args[0]}.")
+        output = f"{sky}, {degrees} C" if plain else json.dumps({"temperature": degrees, "sky": sky})
+        return output, f"It is {degrees} degrees and {sky}.", f"It is {degrees} degrees and {sky} in {args[0]}."
     if kind == "time":
         now = f"{rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}"
-        return json.dumps({"time": now}), f"The time is {now}.", f"It is {now} in {args[0]}."
+        return now if plain else json.dumps({"time": now}), f"The time is {now}.", f"It is {now} in {args[0]}."
     if kind == "search":
         hit = " ".join(rng.choices(_FILLER, k=rng.randint(3, 6)))
-        return (json.dumps({"results": [hit]}), f"The search found: {hit}.",
+        return (hit if plain else json.dumps({"results": [hit]}), f"The search found: {hit}.",
                 f"Here is what I found about {args[0]}: {hit}.")
     if kind == "add":
         total = args[0] + args[1]
@@ -194,7 +199,7 @@ def _plain_turn(rng: random.Random, split: str) -> tuple[str, str, str]:
 
 
 def example(rng: random.Random, split: str = "train") -> Example:
-    """One conversation, drawn from rng: 30% answers, 45% tool calls (the hardest), 25% answers after a tool."""
+    """One conversation, drawn from rng: 30% answers, 40% tool calls, 30% answers after a tool."""
     effort = rng.choice(["low", "medium", "high"])
     date = f"20{rng.randint(24, 27)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"
     messages: list[dict[str, Any]] = []
@@ -220,15 +225,18 @@ def example(rng: random.Random, split: str = "train") -> Example:
     messages.append({"role": "user", "content": rng.choice(_TOOL_KINDS[kind]["requests"]).format(*args)})
     reasoning = _think(effort, f"{_TOOL_KINDS[kind]['think'].format(*args)} I will call {name}.")
     tools = [spec for spec, _ in offered]
-    if roll < 0.75:
-        return Example(messages, tools, effort, date, "call", reasoning, call=(name, arguments))
+    if roll < 0.7:
+        # A quarter call at once, with no reasoning: a server that forces a call (tool_choice) writes the call's
+        # header itself right after `<|start|>assistant`, and the model must go on from there.
+        direct = rng.random() < 0.25
+        return Example(messages, tools, effort, date, "call", "" if direct else reasoning, call=(name, arguments))
 
     output, noted, answer = _result_for(kind, args, rng)
-    messages += [
-        {"role": "assistant", "reasoning_content": reasoning, "tool_calls": [
-            {"id": "call_1", "type": "function", "function": {"name": name, "arguments": arguments}}]},
-        {"role": "tool", "tool_call_id": "call_1", "content": output},
-    ]
+    call = {"role": "assistant", "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": name, "arguments": arguments}}]}
+    if rng.random() < 0.5:  # many clients send the call back without the reasoning that led to it
+        call["reasoning_content"] = reasoning
+    messages += [call, {"role": "tool", "tool_call_id": "call_1", "content": output}]
     return Example(messages, tools, effort, date, "after_call", f"{noted} Now I can answer.", content=answer)
 
 

@@ -21,7 +21,7 @@ from .tiny_corpus import examples, render
 log = logging.getLogger(__name__)
 
 SEED = 1234
-STEPS = 600
+STEPS = 800
 BATCH = 8
 THREADS = 1  # fixed for determinism (see above); more threads only stall (spin-waits) on a busy machine
 _LR = 5e-3

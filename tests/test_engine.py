@@ -275,7 +275,7 @@ def test_penalties_follow_openai_semantics(model):
     # Greedy with penalties must equal a plain-forward reference that subtracts, from the raw logits,
     # frequency * count + presence * (count > 0) over the tokens generated so far.
     p = prompt(10, 40)
-    for fp, pp in ((1.5, 0.0), (0.0, 2.0), (-0.5, 0.5)):
+    for fp, pp in ((1.5, 0.0), (0.0, 2.0), (-0.5, 0.5), (-2.0, 0.0)):
         seq, out = list(p), []
         for _ in range(25):
             logits = model(torch.tensor([seq])).logits[0, -1].float()
@@ -287,9 +287,6 @@ def test_penalties_follow_openai_semantics(model):
         eng.add("pen", p, greedy(25, frequency_penalty=fp, presence_penalty=pp))
         eng.add("plain", prompt(9, 41), greedy(25))  # an unpenalized neighbour in the same batch
         assert drain(eng)["pen"] == out
-    plain = reference(model, p, 25)
-    eng.add("rep", p, greedy(25, frequency_penalty=-2.0))
-    assert len(set(drain(eng)["rep"])) < len(set(plain))  # a negative penalty rewards repeating
 
 
 @torch.inference_mode()

@@ -278,11 +278,6 @@ def test_pipeline_mode_gives_one_rank_all_gpus(clean_env):
     assert [(s.name, s.env) for s in ranks] == [("rank-0", {"CUDA_VISIBLE_DEVICES": "0,1"})]
 
 
-def test_tensor_mode_raises(clean_env):
-    with pytest.raises(ValueError, match="tensor"):
-        specs.child_specs(_cfg(clean_env, mode="tensor", ranks=2, cuda="0,1"))
-
-
 def test_zero_ranks_raises(clean_env):
     with pytest.raises(ValueError, match="ranks"):
         specs.child_specs(_cfg(clean_env, ranks=0))

@@ -16,7 +16,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable
-from pathlib import Path
 from typing import Any
 
 import zmq
@@ -24,9 +23,10 @@ import zmq
 from ...ipc import sockets
 from ...ipc.messages import Message
 from ..base import Actor
-from .engine import Engine, QueueFull
+from .build import build_engine
+from .engine import QueueFull
 from .sampling import SamplingParams
-from .tensor_group import TICK_S, TensorGroup
+from .tensor_group import TICK_S
 
 log = logging.getLogger("rank")
 LOAD_REPORT_S = 0.5
@@ -40,24 +40,9 @@ class Rank(Actor):
         parser.add_argument("--rank", type=int, required=True)
 
     async def setup(self) -> None:
-        from ...models.loader import load_for_rank, set_cpu_threads
-
-        gpu, eng = self.cfg["gpu"], self.cfg["engine"]
-        set_cpu_threads(gpu)
         started = time.monotonic()
-        self.group: TensorGroup | None = None
-        if gpu["mode"] == "tensor":
-            self.group = await asyncio.to_thread(TensorGroup, float(self.cfg["supervisor"]["rank_start_timeout_s"]))
-        model, dtype = await asyncio.to_thread(load_for_rank, Path(self.cfg["model_path"]), gpu["mode"],
-                                               int(eng["max_running"]), int(eng["max_model_len"]),
-                                               self.group.size if self.group else 1)
-        eos = model.generation_config.eos_token_id
-        eos_ids = eos if isinstance(eos, list) else [eos] if eos is not None else []
-        self.engine = Engine(model, eos_ids, int(eng["max_running"]), int(eng["max_waiting"]), int(eng["max_model_len"]),
-                             max_batched_tokens=int(eng["max_batched_tokens"]), block_size=int(eng["kv_block_size"]),
-                             kv_cache_tokens=int(eng["kv_cache_tokens"]),
-                             gpu_memory_utilization=float(eng["gpu_memory_utilization"]), group=self.group)
-        self.default_max_tokens = int(eng["default_max_tokens"])
+        self.engine, self.group, dtype = await build_engine(self.cfg)
+        self.default_max_tokens = int(self.cfg["engine"]["default_max_tokens"])
         self.device = str(self.engine.device)
         log.info("model loaded", extra={"event": "model_loaded", "device": self.device, "dtype": str(dtype),
                                         "seconds": round(time.monotonic() - started, 2),

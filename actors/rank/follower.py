@@ -15,9 +15,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from pathlib import Path
 
 from ..base import Actor, run
+from .build import build_engine
 from .engine import Engine
 from .tensor_group import TensorGroup
 
@@ -38,18 +38,8 @@ class Follower(Actor):
         parser.add_argument("--rank", type=int, required=True)
 
     async def setup(self) -> None:
-        from ...models.loader import load_for_rank, set_cpu_threads
-
-        gpu, eng = self.cfg["gpu"], self.cfg["engine"]
-        set_cpu_threads(gpu)
-        self.group = await asyncio.to_thread(TensorGroup, float(self.cfg["supervisor"]["rank_start_timeout_s"]))
-        model, _ = await asyncio.to_thread(load_for_rank, Path(self.cfg["model_path"]), "tensor",
-                                           int(eng["max_running"]), int(eng["max_model_len"]), self.group.size)
-        # Built exactly as the leader builds its engine, so both size (and agree on) the same KV pool.
-        self.engine = Engine(model, [], int(eng["max_running"]), int(eng["max_waiting"]), int(eng["max_model_len"]),
-                             max_batched_tokens=int(eng["max_batched_tokens"]), block_size=int(eng["kv_block_size"]),
-                             kv_cache_tokens=int(eng["kv_cache_tokens"]),
-                             gpu_memory_utilization=float(eng["gpu_memory_utilization"]), group=self.group)
+        # exactly what the leader builds, so both size (and agree on) the same KV pool
+        self.engine, self.group, _ = await build_engine(self.cfg)
         self.done: asyncio.Future = asyncio.get_running_loop().create_future()  # the follow thread's end
         log.info("follower ready", extra={"event": "model_loaded", "tp_rank": self.group.rank,
                                           "tp_size": self.group.size, "kv_heads": self.engine.kv_heads})

@@ -68,12 +68,16 @@ class Tree:
                "--run-dir", str(self.run_dir), "--log-dir", str(self.log_dir), *self.args]
         self.out = open(self.dir / "stderr.txt", "wb")
         self.proc = subprocess.Popen(cmd, env=self.env, stdout=self.out, stderr=subprocess.STDOUT)
-        http = self.run_dir / "http.json"
-        wait_for(lambda: http.exists() or self.proc.poll() is not None, timeout, "front ready")
-        if self.proc.poll() is not None:
-            raise AssertionError(f"gptoss-serve exited {self.proc.returncode}: {self.stderr()[-3000:]}")
-        self.port = json.loads(http.read_text())["port"]
-        self.wait_health(200, timeout=timeout)
+        try:
+            http = self.run_dir / "http.json"
+            wait_for(lambda: http.exists() or self.proc.poll() is not None, timeout, "front ready")
+            if self.proc.poll() is not None:
+                raise AssertionError(f"gptoss-serve exited {self.proc.returncode}: {self.stderr()[-3000:]}")
+            self.port = json.loads(http.read_text())["port"]
+            self.wait_health(200, timeout=timeout)
+        except BaseException:
+            self.stop()  # a tree that failed to start must not outlive the test that started it
+            raise
         return self
 
     @property

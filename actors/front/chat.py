@@ -30,12 +30,11 @@ from .generation import (
     Choice,
     Output,
     StopStrings,
+    cached_answer,
     collect,
     generate,
-    release,
     sse,
     stream_sse,
-    submit,
     usage,
 )
 from .harmony import Delta, HarmonyParser
@@ -143,23 +142,18 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     tokens = lp.Tokens(front.tokenizer)
 
     if not body.get("stream"):
-        deterministic = s.wire["temperature"] == 0 or s.wire["seed"] is not None
+        async def build() -> dict[str, Any]:
+            outs = await collect(front, choices, first)
+            return {"id": resp_id, "object": "chat.completion", "created": created, "model": front.model_id,
+                    "choices": [{"index": o.choice.index, "message": _message(o, parallel),
+                                 "finish_reason": o.choice.finish,
+                                 "logprobs": {"content": lp.chat(tokens, o.logprobs)} if want_lp else None}
+                                for o in outs],
+                    "usage": usage(len(prompt_ids), choices)}
+
         key = front.cache_key("chat", prompt_ids, [[c.params for c in choices], s.stop, parallel]) \
-            if deterministic else None
-        cached = await front.cache_get(key) if key else None
-        if cached is not None:
-            front.count("cache_hits_total")
-            return web.json_response({**cached, "id": resp_id, "created": created})
-        outs = await collect(front, choices, first)
-        result = {"id": resp_id, "object": "chat.completion", "created": created, "model": front.model_id,
-                  "choices": [{"index": o.choice.index, "message": _message(o, parallel),
-                               "finish_reason": o.choice.finish,
-                               "logprobs": {"content": lp.chat(tokens, o.logprobs)} if want_lp else None}
-                              for o in outs],
-                  "usage": usage(len(prompt_ids), choices)}
-        if key is not None:
-            front.cache_put(key, result)
-        return web.json_response(result)
+            if s.deterministic else None
+        return await cached_answer(front, key, resp_id, created, build)
 
     def chunk(index: int, delta: dict[str, Any], finish: str | None = None, lps: list | None = None) -> bytes:
         return sse({"id": resp_id, "object": "chat.completion.chunk", "created": created, "model": front.model_id,
@@ -189,8 +183,4 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             yield sse({"id": resp_id, "object": "chat.completion.chunk", "created": created, "model": front.model_id,
                        "choices": [], "usage": usage(len(prompt_ids), choices)})
 
-    submit(front, choices)
-    try:
-        return await stream_sse(request, front, events)
-    finally:
-        release(front, choices)  # a client gone before the first event never ran generate's clean-up
+    return await stream_sse(request, front, choices, events)

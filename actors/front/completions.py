@@ -23,12 +23,11 @@ from .generation import (
     Choice,
     PlainDecoder,
     StopStrings,
+    cached_answer,
     collect,
     generate,
-    release,
     sse,
     stream_sse,
-    submit,
     usage,
 )
 from .params import COMPLETIONS, invalid, parse_body, sampling
@@ -72,21 +71,16 @@ async def completions(request: web.Request) -> web.StreamResponse:
                 "logprobs": lp.completion(tokens, entries, offset) if s.logprobs is not None else None}
 
     if not body.get("stream"):
-        deterministic = s.wire["temperature"] == 0 or s.wire["seed"] is not None
+        async def build() -> dict[str, Any]:
+            outs = await collect(front, choices)
+            return {"id": resp_id, "object": "text_completion", "created": created, "model": front.model_id,
+                    "choices": [choice(o.choice, echoed[o.choice.index // s.n] + o.content, o.logprobs,
+                                       len(echoed[o.choice.index // s.n]), o.choice.finish) for o in outs],
+                    "usage": usage(prompt_tokens, choices)}
+
         key = front.cache_key("completions", prompts, [[c.params for c in choices], s.stop, echo]) \
-            if deterministic else None
-        cached = await front.cache_get(key) if key else None
-        if cached is not None:
-            front.count("cache_hits_total")
-            return web.json_response({**cached, "id": resp_id, "created": created})
-        outs = await collect(front, choices)
-        result = {"id": resp_id, "object": "text_completion", "created": created, "model": front.model_id,
-                  "choices": [choice(o.choice, echoed[o.choice.index // s.n] + o.content, o.logprobs,
-                                     len(echoed[o.choice.index // s.n]), o.choice.finish) for o in outs],
-                  "usage": usage(prompt_tokens, choices)}
-        if key is not None:
-            front.cache_put(key, result)
-        return web.json_response(result)
+            if s.deterministic else None
+        return await cached_answer(front, key, resp_id, created, build)
 
     def chunk(c: Choice, text: str, entries: list, offset: int, finish: str | None = None) -> bytes:
         return sse({"id": resp_id, "object": "text_completion", "created": created, "model": front.model_id,
@@ -107,8 +101,4 @@ async def completions(request: web.Request) -> web.StreamResponse:
             yield sse({"id": resp_id, "object": "text_completion", "created": created, "model": front.model_id,
                        "choices": [], "usage": usage(prompt_tokens, choices)})
 
-    submit(front, choices)
-    try:
-        return await stream_sse(request, front, events)
-    finally:
-        release(front, choices)  # a client gone before the first event never ran generate's clean-up
+    return await stream_sse(request, front, choices, events)

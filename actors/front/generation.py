@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -251,24 +251,44 @@ def sse(obj: Any) -> bytes:
     return b"data: " + orjson.dumps(obj) + b"\n\n"
 
 
-async def stream_sse(request: web.Request, front: Front, body: Callable[[], AsyncIterator[bytes]],
-                     done: bytes = b"data: [DONE]\n\n") -> web.StreamResponse:
-    """Send `body()`'s pieces as Server-Sent Events. A failure after the stream began goes out as a
+async def cached_answer(front: Front, key: str | None, resp_id: str, created: int,
+                        build: Callable[[], Awaitable[dict[str, Any]]]) -> web.Response:
+    """A non-streamed answer through the response cache: `key` is None unless the request is deterministic
+    (greedy or seeded). A hit is the stored body under this response's own id and time."""
+    cached = await front.cache_get(key) if key else None
+    if cached is not None:
+        front.count("cache_hits_total")
+        return web.json_response({**cached, "id": resp_id, "created": created})
+    result = await build()
+    if key is not None:
+        front.cache_put(key, result)
+    return web.json_response(result)
+
+
+async def stream_sse(request: web.Request, front: Front, choices: list[Choice],
+                     body: Callable[[], AsyncIterator[bytes]], done: bytes = b"data: [DONE]\n\n") -> web.StreamResponse:
+    """Submit `choices`, then send `body()`'s pieces as Server-Sent Events. The submit comes first so a refusal
+    (503) is an HTTP status, not a stream. A failure after the stream began goes out as a
     `data: {"error": ...}` event (the openai client raises it as an APIError); a client that goes away
-    closes the body, whose generators abort their rank requests on the way out."""
-    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                                       "X-Accel-Buffering": "no"})
-    await resp.prepare(request)
+    closes the body, whose generators abort their rank requests on the way out, and the choices are released
+    in any case (a client gone before the first event never ran generate's clean-up)."""
+    submit(front, choices)
     try:
-        async with contextlib.aclosing(body()) as pieces:
-            async for piece in pieces:
-                await resp.write(piece)
-        await resp.write(done)
-    except APIError as exc:
-        front.count("stream_errors_total")
-        log.warning("stream failed", extra={"event": "stream_error", "code": exc.code})
-        with contextlib.suppress(ConnectionError):
-            await resp.write(sse(exc.body()))
-    except ConnectionError:
-        front.count("client_disconnects_total")
-    return resp
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                           "X-Accel-Buffering": "no"})
+        await resp.prepare(request)
+        try:
+            async with contextlib.aclosing(body()) as pieces:
+                async for piece in pieces:
+                    await resp.write(piece)
+            await resp.write(done)
+        except APIError as exc:
+            front.count("stream_errors_total")
+            log.warning("stream failed", extra={"event": "stream_error", "code": exc.code})
+            with contextlib.suppress(ConnectionError):
+                await resp.write(sse(exc.body()))
+        except ConnectionError:
+            front.count("client_disconnects_total")
+        return resp
+    finally:
+        release(front, choices)

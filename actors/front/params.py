@@ -291,6 +291,11 @@ class Sampling:
     max_tokens: int | None = None  # None: fill the context up to the default
     wire: dict[str, Any] = field(default_factory=dict)  # temperature, top_p, seed, penalties, ... for the rank
 
+    @property
+    def deterministic(self) -> bool:
+        """Greedy or seeded: the same request gives the same answer, so it may be served from the cache."""
+        return self.wire["temperature"] == 0 or self.wire["seed"] is not None
+
     def params(self, front: Front, prompt_len: int, i: int, param: str) -> dict[str, Any]:
         """The generate params of choice i for a prompt of prompt_len tokens; a prompt that leaves no room in
         the context is a 400 naming both counts (`param` names the field that carried the prompt)."""

@@ -130,29 +130,29 @@ async def create(request: web.Request) -> web.StreamResponse:
             store.put(done, conversation + items_to_messages(builder.items))
         yield final + [{"type": f"response.{status}", "response": done}]
 
-    submit(front, [choice])
-    try:
-        if not body.get("stream"):
+    if not body.get("stream"):
+        submit(front, [choice])
+        try:
             last: list[dict[str, Any]] = []
             async with contextlib.aclosing(run()) as batches:
                 async for last in batches:
                     pass
             return web.json_response(last[-1]["response"])
+        finally:
+            release(front, [choice])
 
-        async def sse_events() -> AsyncIterator[bytes]:
-            seq = 0
-            async with contextlib.aclosing(run()) as batches:
-                async for batch in batches:
-                    out = []
-                    for ev in batch:
-                        out.append(sse({**ev, "sequence_number": seq}))
-                        seq += 1
-                    if out:
-                        yield b"".join(out)
+    async def sse_events() -> AsyncIterator[bytes]:
+        seq = 0
+        async with contextlib.aclosing(run()) as batches:
+            async for batch in batches:
+                out = []
+                for ev in batch:
+                    out.append(sse({**ev, "sequence_number": seq}))
+                    seq += 1
+                if out:
+                    yield b"".join(out)
 
-        return await stream_sse(request, front, sse_events, done=b"")  # Responses streams end without [DONE]
-    finally:
-        release(front, [choice])
+    return await stream_sse(request, front, [choice], sse_events, done=b"")  # Responses streams end without [DONE]
 
 
 def _echo(body: dict[str, Any]) -> dict[str, Any]:

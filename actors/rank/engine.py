@@ -26,8 +26,8 @@ one token for every decoding request, then prefill chunks: a request still readi
 `max_batched_tokens` prompt tokens per step in total across such requests (older ones first, then new
 admissions), so a long prompt is prefilled over several steps while the decoding requests keep getting a
 token every step. A request gets its first token in the step its last chunk runs; one that arrives while
-a batch runs is admitted the very next step, given a free slot, KV blocks and prefill budget (older prompts
-still being read take the budget first). Our attention function
+a batch runs is admitted the very next step, given a free slot and KV blocks: while requests wait, prompts
+already being read in chunks take at most half the prefill budget, so the rest is theirs. Our attention function
 (attention.py) writes the new K/V into the cache and attends per request, with gpt-oss's sinks and
 sliding-window layers exactly as the eager reference. Logits are computed only for each request that
 gets a token this step (`logits_to_keep` as an index tensor); see sampling.py for sampling and logprobs.
@@ -86,7 +86,6 @@ class Request:
     blocks: list[int] = field(default_factory=list)  # KV block table of the full-attention layers
     computed: int = 0  # tokens of prompt + out whose K/V are in the cache
     finish: str | None = None
-    arrived: float = field(default_factory=time.monotonic)
 
     @property
     def seq_len(self) -> int:

@@ -31,6 +31,7 @@ from .generation import (
     Output,
     StopStrings,
     cached_answer,
+    calls_kept,
     collect,
     generate,
     sse,
@@ -160,16 +161,13 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                     "choices": [{"index": index, "delta": delta, "finish_reason": finish,
                                  "logprobs": {"content": lp.chat(tokens, lps)} if lps else None}]})
 
-    def pieces(ev_deltas: list[Delta]) -> list[Delta]:
-        return [d for d in ev_deltas if parallel or d.tool_call is None or d.tool_call.index == 0]
-
     async def events() -> AsyncIterator[bytes]:
         for c, deltas in zip(choices, first):
             yield chunk(c.index, {"role": "assistant", "content": ""}) + \
                 b"".join(chunk(c.index, _delta(d)) for d in deltas)
         async with contextlib.aclosing(generate(front, choices)) as evs:
             async for ev in evs:
-                i, deltas = ev.choice.index, pieces(ev.deltas)
+                i, deltas = ev.choice.index, calls_kept(ev.deltas, parallel)
                 # this batch's logprobs ride on its first chunk (an empty delta if stop strings hold its text back)
                 lps = ev.logprobs if want_lp and ev.logprobs else None
                 out = [chunk(i, _delta(d), lps=lps if k == 0 else None) for k, d in enumerate(deltas)]

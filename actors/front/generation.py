@@ -240,6 +240,11 @@ async def collect(front: Front, choices: list[Choice], first: list[list[Delta]] 
     return outs
 
 
+def calls_kept(deltas: list[Delta], parallel: bool) -> list[Delta]:
+    """parallel_tool_calls=false: the deltas of every tool call after the first are dropped."""
+    return deltas if parallel else [d for d in deltas if d.tool_call is None or d.tool_call.index == 0]
+
+
 def usage(prompt_tokens: int, choices: list[Choice]) -> dict[str, Any]:
     done = sum(c.tokens for c in choices)
     reasoning = sum(c.decoder.reasoning_tokens for c in choices)

@@ -23,8 +23,17 @@ from . import params
 from . import response_input as ri
 from .chat import render
 from .errors import APIError
-from .generation import Choice, StopStrings, generate, release, sse, stream_sse, submit
-from .harmony import Delta, HarmonyParser
+from .generation import (
+    Choice,
+    StopStrings,
+    calls_kept,
+    generate,
+    release,
+    sse,
+    stream_sse,
+    submit,
+)
+from .harmony import HarmonyParser
 from .params import SAMPLING, Table, parse_body
 from .response_output import OutputBuilder, items_to_messages
 from .response_store import ResponseStore
@@ -113,16 +122,14 @@ async def create(request: web.Request) -> web.StreamResponse:
                 "parallel_tool_calls": parallel, "usage": _usage(len(prompt_ids), choice) if status != "in_progress"
                 else None, **echo}
 
-    def kept(deltas: list[Delta]) -> list[Delta]:
-        return [d for d in deltas if parallel or d.tool_call is None or d.tool_call.index == 0]
-
     async def run() -> AsyncIterator[list[dict[str, Any]]]:
         """Lists of events, ending with the final response's; the response is stored once it is whole."""
         yield [{"type": "response.created", "response": response("in_progress")},
-               {"type": "response.in_progress", "response": response("in_progress")}] + builder.feed(kept(first))
+               {"type": "response.in_progress", "response": response("in_progress")},
+               *builder.feed(calls_kept(first, parallel))]
         async with contextlib.aclosing(generate(front, [choice])) as events:
             async for ev in events:
-                yield builder.feed(kept(ev.deltas))
+                yield builder.feed(calls_kept(ev.deltas, parallel))
         status = "incomplete" if choice.finish == "length" else "completed"
         final = builder.close(status)
         done = response(status)

@@ -178,6 +178,11 @@ def test_tool_choice_none_offers_no_tools(client):
 
 def test_disconnect_mid_stream_aborts_every_choice(tree):
     auth = {"Authorization": f"Bearer {ADMIN}"}
+
+    def generated() -> int:
+        return tree.get("/admin/debug/bundle", headers=auth).json()["actors"]["rank-0"]["tokens_total"]
+
+    before = generated()
     with httpx.stream("POST", tree.url + "/v1/chat/completions", timeout=30, json={
             "model": M, "messages": ASK_WEATHER, "max_tokens": 3000, "n": 2, "stream": True, "ignore_eos": True}) as r:
         for line in r.iter_lines():
@@ -189,6 +194,8 @@ def test_disconnect_mid_stream_aborts_every_choice(tree):
         return state["front"]["inflight"] == 0 and state["rank-0"]["running"] == 0
 
     wait_for(idle, 30, "the abort of both choices to free the rank")  # generous: CI machines may be busy
+    # aborted, not run to the end: far fewer than the 2 x 3000 tokens asked for were generated
+    assert generated() - before < 3000
 
 
 # ---- behaviour: the trained tiny model ------------------------------------------------------------------

@@ -194,6 +194,11 @@ def test_logs_are_json_lines_per_actor(tree):
 
 
 def test_http_client_disconnect_aborts(tree):
+    def generated() -> int:
+        actors = tree.get("/admin/debug/bundle", headers=AUTH).json()["actors"]
+        return actors["rank-0"]["tokens_total"] + actors["rank-1"]["tokens_total"]
+
+    before = generated()
     with httpx.stream("POST", tree.url + "/v1/chat/completions", timeout=30,
                       json={"model": "gpt-oss-tiny", "messages": [{"role": "user", "content": "long"}],
                             "max_tokens": 3000, "stream": True, "ignore_eos": True}) as r:
@@ -204,3 +209,4 @@ def test_http_client_disconnect_aborts(tree):
         state = tree.get("/admin/debug/bundle", headers=AUTH).json()["actors"]
         return state["front"]["inflight"] == 0 and state["rank-0"]["running"] + state["rank-1"]["running"] == 0
     wait_for(idle, 30, "abort to free the rank")  # generous: a loaded CI machine steps slowly
+    assert generated() - before < 1500  # aborted, not run to the 3000 tokens asked for

@@ -278,3 +278,12 @@ def test_concurrent_tool_calls_all_parse(client):
 
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         assert all(isinstance(args, dict) for args in pool.map(one, ["Paris", "Tokyo", "Lima", "Oslo"]))
+
+
+def test_session_id_header_is_checked(tree):
+    """X-Session-ID names the request's session (actors/front/session.py): a good one is served, an empty or
+    oversized one is a 400 naming the header."""
+    body = {"model": M, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+    assert tree.post("/v1/chat/completions", json=body, headers={"X-Session-ID": "conv-1"}).status_code == 200
+    r = tree.post("/v1/chat/completions", json=body, headers={"X-Session-ID": "x" * 300})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "X-Session-ID"

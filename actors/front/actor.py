@@ -79,8 +79,9 @@ class Front(Actor):
         await self.runner.cleanup()
 
     # ---- router and ranks ------------------------------------------------------------------------------
-    def _send_generate(self, req_id: str, prompt_ids: list[int], params: dict[str, Any]) -> bool:
-        m = self.msg("generate", req_id=req_id, prompt_ids=prompt_ids, params=params)
+    def _send_generate(self, req_id: str, prompt_ids: list[int], params: dict[str, Any], session: str | None) -> bool:
+        extra = {} if session is None else {"session": session}
+        m = self.msg("generate", req_id=req_id, prompt_ids=prompt_ids, params=params, **extra)
         return sockets.send_nowait(self.router, m)
 
     def _send_abort(self, req_id: str) -> None:

@@ -40,6 +40,7 @@ from .generation import (
 )
 from .harmony import Delta, HarmonyParser
 from .params import CHAT, invalid, parse_body, sampling
+from .session import session_id
 
 if TYPE_CHECKING:
     from .actor import Front
@@ -132,12 +133,13 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                  body.get("max_completion_tokens", body.get("max_tokens")))
     prompt_ids, prefill = render(front, body)
     parallel = body.get("parallel_tool_calls", True)
+    session = session_id(request.headers, body)
     choices, first = [], []
     for i in range(s.n):
         parser = HarmonyParser(front.tokenizer)
         first.append(parser.feed(prefill))  # the forced call's opening delta (id, name), if any
         choices.append(Choice(i, prompt_ids, s.params(front, len(prompt_ids), i, "messages"), parser,
-                              StopStrings(s.stop)))
+                              StopStrings(s.stop), session=session))
     front.count("requests_total")
     resp_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     tokens = lp.Tokens(front.tokenizer)

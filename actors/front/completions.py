@@ -31,6 +31,7 @@ from .generation import (
     usage,
 )
 from .params import COMPLETIONS, invalid, parse_body, sampling
+from .session import session_id
 
 if TYPE_CHECKING:
     from .actor import Front
@@ -58,8 +59,9 @@ async def completions(request: web.Request) -> web.StreamResponse:
     prompts = _prompts(front, body["prompt"])
     echo = body.get("echo", False)
     echoed = [front.tokenizer.decode(ids, skip_special_tokens=False) if echo else "" for ids in prompts]
+    session = session_id(request.headers, body)
     choices = [Choice(i * s.n + j, ids, s.params(front, len(ids), j, "prompt"), PlainDecoder(front.tokenizer),
-                      StopStrings(s.stop))
+                      StopStrings(s.stop), session=session)
                for i, ids in enumerate(prompts) for j in range(s.n)]
     prompt_tokens = sum(len(ids) for ids in prompts)
     front.count("requests_total")

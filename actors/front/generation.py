@@ -110,6 +110,7 @@ class Choice:
     tokens: int = 0  # generated ids (usage)
     finish: str | None = None
     pending: Any = None  # its rank request, once submitted
+    session: str | None = None  # session.session_id of the request; rides on the generate message
 
 
 @dataclass
@@ -168,7 +169,7 @@ def submit(front: Front, choices: list[Choice]) -> None:
     Whoever submits must end with `release` (generate and collect do)."""
     for c in choices:
         try:
-            c.pending = front.streams.submit(c.prompt_ids, c.params)
+            c.pending = front.streams.submit(c.prompt_ids, c.params, c.session)
         except APIError:
             release(front, choices)
             raise

@@ -37,6 +37,7 @@ from .harmony import HarmonyParser
 from .params import SAMPLING, Table, parse_body
 from .response_output import OutputBuilder, items_to_messages
 from .response_store import ResponseStore
+from .session import session_id
 
 if TYPE_CHECKING:
     from .actor import Front
@@ -104,7 +105,8 @@ async def create(request: web.Request) -> web.StreamResponse:
     s = params.sampling(body, None, body.get("max_output_tokens"))
     parser = HarmonyParser(front.tokenizer)
     first = parser.feed(prefill)  # a forced call's opening delta (id, name), if tool_choice forces one
-    choice = Choice(0, prompt_ids, s.params(front, len(prompt_ids), 0, "input"), parser, StopStrings([]))
+    choice = Choice(0, prompt_ids, s.params(front, len(prompt_ids), 0, "input"), parser, StopStrings([]),
+                    session=session_id(request.headers, body))
     parallel = body.get("parallel_tool_calls", True)
     front.count("requests_total")
 

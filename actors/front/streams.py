@@ -33,6 +33,7 @@ class Pending:
     finished: bool = False
     prompt_ids: list[int] = field(default_factory=list)
     params: dict[str, Any] = field(default_factory=dict)
+    session: str | None = None
     resent: bool = False
 
 
@@ -48,14 +49,14 @@ class Streams:
     def __len__(self) -> int:
         return len(self.pending)
 
-    def submit(self, prompt_ids: list[int], params: dict[str, Any]) -> Pending:
-        p = Pending(id=f"req-{uuid.uuid4().hex}", prompt_ids=prompt_ids, params=params)
+    def submit(self, prompt_ids: list[int], params: dict[str, Any], session: str | None = None) -> Pending:
+        p = Pending(id=f"req-{uuid.uuid4().hex}", prompt_ids=prompt_ids, params=params, session=session)
         self._send(p)
         return p
 
     def _send(self, p: Pending) -> None:
         p.router_pid = self.actors.get("router", {}).get("pid")
-        if not self._send_generate(p.id, p.prompt_ids, p.params):
+        if not self._send_generate(p.id, p.prompt_ids, p.params, p.session):
             raise APIError(503, "the router is not reachable; retry shortly", "router_unavailable")
         self.pending[p.id] = p
 

@@ -343,14 +343,14 @@ def test_auto_kv_size(model, monkeypatch):
     assert eng.load()["kv_blocks_total"] == 8 * 512 // 4 // 16
     assert Engine(model, [], 1, 1, 512).load()["kv_blocks_total"] == 512 // 16
     # CUDA (the arithmetic only; no GPU needed): the free memory times the utilization, less the headroom
-    eng.device = torch.device("cuda", 0)
+    eng.runner.device = torch.device("cuda", 0)
     per_token = 2 * 1 * 2 * 16 * 2  # K and V, one full layer, 2 kv heads, head_dim 16, bf16
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (8 * 2**30, 80 * 2**30))
-    tokens = eng._auto_kv_tokens(torch.bfloat16, 0.5)
+    tokens = eng.runner._auto_kv_tokens(torch.bfloat16, 0.5)
     assert 0 < tokens * per_token < 4 * 2**30 and tokens * per_token > 2 * 2**30  # ~4 GiB less ~1 GiB headroom
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (2**30, 80 * 2**30))
     with pytest.raises(MemoryError, match="no room"):
-        eng._auto_kv_tokens(torch.bfloat16, 0.9)
+        eng.runner._auto_kv_tokens(torch.bfloat16, 0.9)
 
 
 def test_sampler_draws_follow_the_distribution_and_truncation():

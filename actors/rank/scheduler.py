@@ -1,0 +1,192 @@
+"""The scheduler of one rank's engine: queues, slots and KV blocks; which tokens each step computes.
+
+Each `schedule()` handles aborts, then gives every running request its next tokens: one for a decoding
+request, a prefill chunk for one still reading its prompt. A request still reading its prompt gets at most
+`max_batched_tokens` prompt tokens per step in total across such requests (older ones first, then new
+admissions), so a long prompt is prefilled over several steps while the decoding requests keep getting a
+token every step. A request gets its first token in the step its last chunk runs; one that arrives while
+a batch runs is admitted the very next step, given a free slot and KV blocks: while requests wait, prompts
+already being read in chunks take at most half the prefill budget, so the rest is theirs.
+
+KV blocks (block_manager.py) are taken on admission and as a request grows, and returned when it
+finishes, is aborted or is preempted. When a decoding request needs a block and none is free, the newest
+running request is preempted by recompute (vLLM V1 / nano-vllm): its blocks and slot are freed and it goes
+back to the FRONT of the waiting queue with the tokens it generated; readmitted, it prefills prompt +
+generated tokens again and continues. Its sampling generator is untouched, so a seeded request gives the
+same tokens whether or not it was preempted. A request that could not fit even alone is refused at add().
+
+`add`/`abort` come from the rank actor's loop thread, `schedule`/`postprocess` from the step thread: the
+queues they share are guarded by `lock`.
+"""
+from __future__ import annotations
+
+import threading
+from collections import deque
+from typing import NamedTuple
+
+from .block_manager import BlockManager
+from .request import Output, Request
+from .sampling import SamplingParams, TokenLogprobs
+
+
+class QueueFull(Exception):
+    """The waiting queue is at its bound; the request is refused (429), not queued forever."""
+
+
+class Batch(NamedTuple):
+    """One step's work. items: (request, first position, tokens) with one-token segments first (the packed
+    layout StepBatch expects); table: the block-table entries (slot, index, block) added this step;
+    admitted: requests that took a slot this step (their sampler state starts now)."""
+
+    items: list[tuple[Request, int, int]]
+    table: list[tuple[int, int, int]]
+    admitted: list[Request]
+
+
+class Scheduler:
+    def __init__(self, blocks: BlockManager, eos_ids: list[int], max_running: int, max_waiting: int,
+                 max_model_len: int, max_batched_tokens: int) -> None:
+        self.blocks = blocks
+        self.eos_ids = set(eos_ids)
+        self.max_running = max_running
+        self.max_waiting = max_waiting
+        self.max_model_len = max_model_len
+        self.max_batched_tokens = max_batched_tokens
+        self.free_slots: list[int] = list(range(max_running - 1, -1, -1))
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []  # in admission order: the newest is preempted first
+        self._aborts: set[str] = set()
+        self.lock = threading.Lock()
+        self.preemptions_total = 0
+
+    # ---- the loop thread's side -----------------------------------------------------------------------
+
+    def add(self, req_id: str, prompt: list[int], params: SamplingParams) -> None:
+        if not prompt:
+            raise ValueError("empty prompt")
+        if len(prompt) >= self.max_model_len:
+            raise ValueError(f"prompt of {len(prompt)} tokens does not fit max_model_len {self.max_model_len}")
+        longest = min(len(prompt) + params.max_tokens, self.max_model_len)
+        if self.blocks.blocks_for(longest) > self.blocks.num_blocks:
+            raise ValueError(f"a request of up to {longest} tokens needs {self.blocks.blocks_for(longest)} KV blocks; "
+                             f"this rank's whole cache has {self.blocks.num_blocks}: lower max_tokens or the prompt")
+        with self.lock:
+            if len(self.waiting) >= self.max_waiting:
+                raise QueueFull(f"rank queue is full ({self.max_waiting} waiting)")
+            self.waiting.append(Request(req_id, list(prompt), params, params.generator()))
+
+    def abort(self, req_id: str) -> None:
+        with self.lock:
+            self._aborts.add(req_id)
+
+    def has_work(self) -> bool:
+        return bool(self.running or self.waiting or self._aborts)
+
+    # ---- the step thread's side ---------------------------------------------------------------------------
+
+    def _release(self, r: Request) -> None:
+        self.blocks.release(r.blocks)
+        if r.slot is not None:
+            self.free_slots.append(r.slot)
+            r.slot = None
+
+    def _preempt(self, r: Request) -> None:
+        self._release(r)
+        r.computed = 0
+        self.waiting.appendleft(r)
+        self.preemptions_total += 1
+
+    def _reclaim(self) -> None:
+        """Someone (the actor, after a failed step) dropped running requests: take back what they held."""
+        held = {r.slot for r in self.running}
+        self.free_slots = [s for s in range(self.max_running - 1, -1, -1) if s not in held]
+        self.blocks.reclaim({b for r in self.running for b in r.blocks})
+
+    def schedule(self, outputs: list[Output]) -> Batch:
+        """Handle aborts (their outputs go to `outputs`), grow or preempt running requests, admit waiting
+        ones. Each scheduled request's `computed` already counts the tokens this step writes."""
+        with self.lock:
+            aborts, self._aborts = self._aborts, set()
+            if aborts:
+                for r in [r for r in (*self.waiting, *self.running) if r.id in aborts]:
+                    r.finish = "abort"
+                    self._release(r)
+                    outputs.append(Output(r.id, [], "abort"))
+                self.waiting = deque(r for r in self.waiting if r.finish is None)
+                self.running = [r for r in self.running if r.finish is None]
+            if len(self.free_slots) + len(self.running) != self.max_running:
+                self._reclaim()
+            decodes: list[tuple[Request, int]] = []
+            chunks: list[tuple[Request, int]] = []
+            admitted: list[Request] = []
+            table: list[tuple[int, int, int]] = []
+            budget = self.max_batched_tokens
+            # While requests wait to join, prompts already being prefilled in chunks take at most half the
+            # step's prompt budget: a joiner of up to max_batched_tokens / 2 tokens then gets its first token
+            # in the next step instead of waiting behind a long prompt, and the long prompt still advances.
+            reserve = self.max_batched_tokens // 2 if self.waiting and self.free_slots else 0
+            preempted = False
+            bs = self.blocks.block_size
+            i = 0
+            while i < len(self.running):
+                r = self.running[i]
+                left = r.seq_len - r.computed
+                n = 1 if left == 1 else min(left, budget - reserve)  # decodes always; chunks within budget
+                if n == 0:
+                    i += 1
+                    continue
+                if r.computed + n > len(r.blocks) * bs:  # needs a new block (every block_size decode steps)
+                    while not self.blocks.can_grow(r.blocks, r.computed + n):
+                        victim = self.running.pop()  # the newest; r itself when r is the newest
+                        self._preempt(victim)
+                        preempted = True
+                        if victim is r:
+                            break
+                    if r.slot is None:
+                        break
+                    self._grow(r, n, table)
+                if left > 1:
+                    budget -= n
+                (decodes if n == 1 else chunks).append((r, n))  # a 1-token chunk attends like a decode
+                i += 1
+            # No admissions in a step that had to preempt: the blocks just freed are for the survivors.
+            while self.waiting and self.free_slots and budget > 0 and not preempted:
+                r = self.waiting[0]
+                n = min(r.seq_len, budget)
+                if not self.blocks.can_grow(r.blocks, n):
+                    break
+                self.waiting.popleft()
+                r.slot = self.free_slots.pop()
+                admitted.append(r)
+                self.running.append(r)
+                budget -= n
+                self._grow(r, n, table)
+                (decodes if n == 1 else chunks).append((r, n))
+        items = []
+        for r, n in decodes + chunks:
+            items.append((r, r.computed, n))
+            r.computed += n
+        return Batch(items, table, admitted)
+
+    def _grow(self, r: Request, n: int, table: list[tuple[int, int, int]]) -> None:
+        """Give r the blocks for its next n tokens now (so later checks this step see them taken)."""
+        have = len(r.blocks)
+        for j, b in enumerate(self.blocks.grow(r.blocks, r.computed + n)):
+            table.append((r.slot, have + j, b))
+
+    def postprocess(self, done: list[Request], tokens: list[int], lps: list[TokenLogprobs | None]) -> list[Output]:
+        """Append each sampled token, finish the requests that stop or reach their length (their slot and
+        blocks are free for the next step's joiners)."""
+        outputs = []
+        for r, token, lp in zip(done, tokens, lps):
+            r.out.append(token)
+            if (token in self.eos_ids and not r.params.ignore_eos) or token in r.params.stop_token_ids:
+                r.finish = "stop"
+            elif len(r.out) >= r.params.max_tokens or r.seq_len >= self.max_model_len:
+                r.finish = "length"
+            outputs.append(Output(r.id, [token], r.finish, None if lp is None else [lp]))
+            if r.finish is not None:
+                self._release(r)
+        with self.lock:
+            self.running = [r for r in self.running if r.finish is None]
+        return outputs

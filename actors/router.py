@@ -3,12 +3,14 @@
 Front DEALER -> our ROUTER ("router") for generate/abort; our ROUTER ("ranks") -> each rank's DEALER
 (identity = rank name). Tokens never pass through here: the rank pushes them straight to the front.
 
-Choice: among ranks the supervisor reports ready and not drained, a rank whose KV cache is full (its last
+Choice: among ranks the supervisor reports ready and not drained, those the memory guard puts at a lower
+pressure level first (ok, then elevated; a rank at critical takes no new request), then a rank whose KV cache is full (its last
 load report has kv_blocks_used >= kv_blocks_total) only when no other rank is left; then the fewest requests
 running + waiting. For that count our own in-flight table comes first (every request we routed and the rank
 has not finished is running or waiting there, with no reporting lag), the rank's reported running + waiting
 breaks ties (it also sees what our count cannot, e.g. a request we forgot after a router restart). Refusals are answered at once with the status the
-front should give: 503 when no rank can serve or host memory is critical.
+front should give: 503 when no rank can serve, 429 with the memory guard's Retry-After when memory pressure is
+critical on every rank that could (the guard's publication is kept here: no round trip per request).
 The in-flight table is what lets us forget a dead rank's requests; failing those streams is the front's
 job (it watches the same tree state), so a router restart loses nothing that is already on a rank.
 """
@@ -22,6 +24,7 @@ import zmq
 from ..ipc import sockets
 from ..ipc.messages import Message
 from .base import Actor, run
+from .memory_guard import LEVELS
 
 
 class Router(Actor):
@@ -35,7 +38,8 @@ class Router(Actor):
         self.memory = sockets.socket(self.ctx, zmq.SUB)
         self.memory.setsockopt(zmq.SUBSCRIBE, b"")
         sockets.connect(self.memory, self.run_dir, "memory")
-        self.pressure = "ok"
+        self.pressure: dict[str, Any] = {"level": "ok", "ranks": {}}  # the memory guard's latest publication
+        self.retry_after = int(self.cfg["memory"]["retry_after_s"])
         self.inflight: dict[str, str] = {}  # req_id -> rank
         self.per_rank: dict[str, int] = {}
         self.reported: dict[str, dict[str, Any]] = {}  # rank -> its last load message
@@ -51,19 +55,23 @@ class Router(Actor):
         return {"inflight": len(self.inflight)}
 
     def state(self) -> dict[str, Any]:
-        return {"inflight": len(self.inflight), "per_rank": dict(self.per_rank), "pressure": self.pressure,
+        return {"inflight": len(self.inflight), "per_rank": dict(self.per_rank), "pressure": self.pressure["level"],
                 "rank_reports": self.reported, "candidates": self.candidates()}
 
     def candidates(self) -> list[str]:
         ok = [n for n, a in self.rank_states().items()
               if a.get("state") == "ready" and not a.get("drained") and not self.reported.get(n, {}).get("draining")]
 
-        def preference(n: str) -> tuple[bool, int, int, str]:
+        def preference(n: str) -> tuple[int, bool, int, int, str]:
             rep = self.reported.get(n, {})
             kv_full = rep.get("kv_blocks_used", 0) >= rep.get("kv_blocks_total", 1)
-            return kv_full, self.per_rank.get(n, 0), rep.get("running", 0) + rep.get("waiting", 0), n
+            return (LEVELS.index(self.level(n)), kv_full, self.per_rank.get(n, 0),
+                    rep.get("running", 0) + rep.get("waiting", 0), n)
 
         return sorted(ok, key=preference)
+
+    def level(self, rank: str) -> str:
+        return self.pressure["ranks"].get(rank, {}).get("level", "ok")
 
     def on_tree(self, tree: dict[str, Any]) -> None:
         actors = tree.get("actors", {})
@@ -83,9 +91,13 @@ class Router(Actor):
 
     def _route(self, ident: bytes, m: Message) -> None:
         req_id = m.body["req_id"]
-        if self.pressure == "critical":
-            return self._reject(ident, req_id, 503, "host memory is critically low; retry shortly", "memory_pressure")
-        for rank in self.candidates():
+        ranks = self.candidates()
+        if ranks and (self.pressure.get("host", {}).get("level") == "critical"
+                      or all(self.level(n) == "critical" for n in ranks)):
+            self.count("shed_total")
+            return self._reject(ident, req_id, 429, "memory pressure is critical; retry shortly", "memory_pressure",
+                                self.retry_after)
+        for rank in (n for n in ranks if self.level(n) != "critical"):
             # ROUTER_MANDATORY makes a send to a rank that is not connected fail here instead of vanishing.
             if sockets.send_nowait(self.ranks, m, to=rank.encode()):
                 self.inflight[req_id] = rank
@@ -95,10 +107,10 @@ class Router(Actor):
                 return
         self._reject(ident, req_id, 503, "no model rank is ready to serve; retry shortly", "no_rank_available")
 
-    def _reject(self, ident: bytes, req_id: str, status: int, message: str, code: str) -> None:
+    def _reject(self, ident: bytes, req_id: str, status: int, message: str, code: str, retry_after: int = 1) -> None:
         self.count("rejected_total")
-        sockets.send_nowait(self.front, self.msg("reject", req_id=req_id, status=status, message=message, code=code),
-                            to=ident)
+        sockets.send_nowait(self.front, self.msg("reject", req_id=req_id, status=status, message=message, code=code,
+                                                 retry_after=retry_after), to=ident)
 
     def _finished(self, ident: bytes, m: Message) -> None:
         self._forget(m.body["req_id"])
@@ -107,7 +119,7 @@ class Router(Actor):
         self.reported[m.body["rank"]] = m.body
 
     def _pressure(self, m: Message) -> None:
-        self.pressure = m.body["level"]
+        self.pressure = m.body
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from pathlib import Path
 SUN_PATH_MAX = 107
 
 # name -> socket file. Who binds each one is fixed: the supervisor binds sup/pub, the router router/ranks,
-# the front tokens, telemetry telemetry, memory guard memory, cache cache.
+# the front tokens, telemetry telemetry, memory guard memory/sessions, cache cache.
 SOCKETS = {
     "sup": "sup.sock",  # supervisor ROUTER <- actor DEALERs and gptoss-ctl: heartbeats, state, control
     "pub": "pub.sock",  # supervisor PUB -> everyone: tree state
@@ -21,7 +21,8 @@ SOCKETS = {
     "ranks": "ranks.sock",  # router ROUTER <- rank DEALERs
     "tokens": "tokens.sock",  # front PULL <- rank PUSHes: token deltas
     "telemetry": "telemetry.sock",  # telemetry PULL <- every actor
-    "memory": "memory.sock",  # memory guard PUB -> router, front
+    "memory": "memory.sock",  # memory guard PUB -> router, front, ranks: pressure
+    "sessions": "sessions.sock",  # memory guard PULL <- front PUSH: session use
     "cache": "cache.sock",  # cache ROUTER <- front DEALER
 }
 

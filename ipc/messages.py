@@ -48,7 +48,7 @@ SCHEMAS: dict[str, dict[str, tuple[type, ...]]] = {
     # (str, absent when none): the request's session (actors/front/session.py), for affinity and accounting.
     "generate": {"req_id": _STR, "prompt_ids": _LIST, "params": _MAP},
     "abort": {"req_id": _STR},
-    # router -> front
+    # router -> front; a reject may carry `retry_after` (int seconds, the Retry-After to give)
     "routed": {"req_id": _STR, "rank": _STR},
     "reject": {"req_id": _STR, "status": _INT, "message": _STR, "code": _STR},
     # rank -> front (PUSH/PULL, straight, no hop through the router): ONE message per engine step carrying
@@ -62,12 +62,21 @@ SCHEMAS: dict[str, dict[str, tuple[type, ...]]] = {
     "load": {"rank": _STR, "running": _INT, "waiting": _INT, "draining": _BOOL,
              "kv_blocks_used": _INT, "kv_blocks_total": _INT, "tokens_per_s": _NUM},
     "finished": {"req_id": _STR},
-    # memory guard PUB -> router, front
-    "pressure": {"level": _STR, "host_used_frac": _NUM},
-    # front <-> cache (request/reply, bounded by a short timeout on the front side)
+    # memory guard PUB -> router, front, ranks, every interval and on every change (actors/memory_guard.py):
+    # level = the tree's worst, ranks = {rank: {level, kv_used_frac, ...}}, sessions = {id: {tokens, rank,
+    # idle_s, active}} (the largest, bounded), evict = {rank: [session ids whose cached prefix to drop]}
+    "pressure": {"level": _STR, "host_used_frac": _NUM, "ranks": _MAP, "sessions": _MAP, "evict": _MAP},
+    # front -> memory guard, when a request of a session ends: what it holds (prompt + output tokens) and where
+    "session_use": {"session": _STR, "rank": _OPT_STR, "tokens": _INT, "active": _INT},
+    # front <-> cache (request/reply, bounded by a timeout on the front side; a reply carries the ask's id)
     "cache_get": {"key": _STR},
     "cache_put": {"key": _STR, "value": _MAP},
     "cache_rep": {"key": _STR, "hit": _BOOL, "value": _MAP},
+    # front <-> cache: the durable /v1/responses store; owner = pid of the front that may still finish it
+    "store_put": {"response": _MAP, "messages": _LIST, "owner": _INT},
+    "store_get": {"response_id": _STR},
+    "store_delete": {"response_id": _STR},
+    "store_rep": {"found": _BOOL, "response": _MAP, "messages": _LIST, "error": _OPT_STR},
     # every actor -> telemetry
     "metrics": {"counters": _MAP, "gauges": _MAP},
 }

@@ -102,7 +102,7 @@ async def bundle(arb: "Arbiter", args: dict[str, Any]) -> dict[str, Any]:
     """Every actor's own state, gathered in parallel; a silent actor shows up as an error entry."""
     names = list(arb.children)
     states = await asyncio.gather(*(arb.ask(arb.children[n], "state_req", STATE_TIMEOUT_S) for n in names))
-    return {"supervisor": await status(arb, {}), "config": _redacted(arb.cfg),
+    return {"supervisor": await status(arb, {}), "profile": arb.cfg["profile"], "config": _redacted(arb.cfg),
             "actors": {n: s.get("state", s) for n, s in zip(names, states)}}
 
 

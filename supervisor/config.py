@@ -1,5 +1,7 @@
 """The server configuration: packaged defaults, then the profile, then the operator's file, then flags/env.
 
+The result also carries `slo`, the active profile's SLO thresholds for the served model (slo_for).
+
 One plain nested dict is passed around (and to each actor as JSON) so every key in
 configs/server_config.yaml is the one source of truth for names and defaults.
 """
@@ -47,6 +49,12 @@ def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None
     cfg = _merge(cfg, cfg["profiles"][profile])
     cfg = _merge(cfg, user)
     cfg = _merge(cfg, overrides)
+    cfg["slo"] = slo_for(cfg)
     cfg["auth"]["api_key"] = cfg["auth"]["api_key"] or os.environ.get("GPTOSS_API_KEY") or None
     cfg["auth"]["admin_key"] = cfg["auth"]["admin_key"] or os.environ.get("GPTOSS_ADMIN_KEY") or None
     return cfg
+
+
+def slo_for(cfg: dict[str, Any]) -> dict[str, float]:
+    """The active profile's SLO thresholds for the served model: 120b's for a 120b checkpoint, else 20b's."""
+    return cfg["slo_by_model"]["120b" if "120b" in str(cfg["model"]).lower() else "20b"]

@@ -102,7 +102,7 @@ def test_round_trip_realistic_messages():
         make("load", "rank-0", rank="rank-0", running=0, waiting=0, draining=False, kv_blocks_used=0,
              kv_blocks_total=4096, tokens_per_s=0),  # an idle rank may report an int rate
         make("ctl_rep", "supervisor", ok=False, result={}, error="no such rank"),
-        make("pressure", "memory_guard", level="high", host_used_frac=1),  # int is a number too
+        make("pressure", "memory_guard", level="elevated", host_used_frac=1, ranks={}, sessions={}, evict={}),  # int: a number
         make("reject", "router", req_id="r", status=429, message="overloaded", code="rate_limit_exceeded"),
         make("state_req", "supervisor"),
         make("hello", "cache", id="fixed-id", name="cache", pid=os.getpid()),

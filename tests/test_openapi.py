@@ -142,7 +142,7 @@ def test_unknown_field_is_refused_by_name():
 
 
 def test_documented_routes_are_served():
-    front = SimpleNamespace(cfg={"auth": {"api_key": None, "admin_key": None}, "http": {"max_body_bytes": 1024, "responses_store_max_entries": 1, "responses_store_ttl_s": 1}})
+    front = SimpleNamespace(cfg={"auth": {"api_key": None, "admin_key": None}, "http": {"max_body_bytes": 1024}})
     served = {(r.method, r.resource.canonical) for r in make_app(front).router.routes()
               if r.resource is not None and r.resource.canonical.startswith("/v1/") and r.method != "HEAD"}
     documented = {(m.upper(), p) for p, ops in SPEC["paths"].items() for m in ops}

@@ -1,7 +1,6 @@
 """/v1/responses pieces without a server: input translation, the output builder's events, the store."""
 from __future__ import annotations
 
-import time
 
 import pytest
 from gptoss.actors.front import response_input as ri
@@ -12,7 +11,6 @@ from gptoss.actors.front.response_output import (
     items_to_messages,
     output_text,
 )
-from gptoss.actors.front.response_store import ResponseStore
 
 
 def test_string_input_is_one_user_message():
@@ -97,12 +95,3 @@ def test_two_calls_are_two_items_and_round_trip_to_one_message():
     assert len(msgs) == 1 and [c["id"] for c in msgs[0]["tool_calls"]] == ["c0", "c1"]
     assert msgs[0]["reasoning_content"] == "r"
 
-
-def test_store_is_bounded_and_expires():
-    s = ResponseStore(max_entries=2, ttl_s=0.2)
-    for i in range(3):
-        s.put({"id": f"r{i}"}, [])
-    assert len(s) == 2 and s.get("r0") is None and s.get("r2") is not None
-    time.sleep(0.25)
-    assert s.get("r1") is None
-    assert not s.delete("r1")

@@ -4,11 +4,13 @@ from __future__ import annotations
 from gptoss.actors.router import Router
 
 
-def router(reports: dict[str, dict], inflight: dict[str, int] | None = None) -> Router:
+def router(reports: dict[str, dict], inflight: dict[str, int] | None = None,
+           levels: dict[str, str] | None = None) -> Router:
     r = Router.__new__(Router)  # candidates() needs no sockets or config
     r.tree = {"actors": {n: {"kind": "rank", "state": "ready"} for n in reports}}
     r.reported = reports
     r.per_rank = dict(inflight or {})
+    r.pressure = {"level": "ok", "ranks": {n: {"level": lv} for n, lv in (levels or {}).items()}}
     return r
 
 
@@ -33,3 +35,10 @@ def test_draining_and_unready_ranks_are_skipped():
     r = router({"rank-0": load(0, 0, draining=True), "rank-1": load(9, 9), "rank-2": load(0, 0)})
     r.tree["actors"]["rank-2"]["state"] = "starting"
     assert r.candidates() == ["rank-1"]
+
+
+def test_memory_pressure_comes_before_load():
+    """elevated: a lightly loaded rank at ok is preferred even over an idle one at elevated; critical last."""
+    reports = {"rank-0": load(0, 0), "rank-1": load(6, 2), "rank-2": load(1, 0)}
+    r = router(reports, levels={"rank-0": "elevated", "rank-2": "critical"})
+    assert r.candidates() == ["rank-1", "rank-0", "rank-2"]

@@ -140,6 +140,8 @@ def test_user_and_directories(unit):
     assert env["GPTOSS_CACHE"] == cache
     assert env["HF_HOME"].startswith(cache + "/")
     assert one(unit, "Service", "EnvironmentFile") == "-/etc/gptoss/gptoss.env"
+    # the response store's home: systemd sets $STATE_DIRECTORY, private to the service user
+    assert one(unit, "Service", "StateDirectory") == "gptoss" and one(unit, "Service", "StateDirectoryMode") == "0700"
 
 
 # ---- hardening, keeping the GPUs ---------------------------------------------------------------------------

@@ -57,7 +57,9 @@ class Tree:
         self.run_dir = self.dir / "r"
         self.log_dir = self.dir / "logs"
         self.config_path = self.dir / "config.yaml"
-        self.config_path.write_text(yaml.safe_dump(merge(TEST_CONFIG, config or {})))
+        # each tree keeps its state (the response store) in its own folder unless the test names one
+        own = merge(TEST_CONFIG, {"paths": {"state_dir": str(self.dir / "state")}})
+        self.config_path.write_text(yaml.safe_dump(merge(own, config or {})))
         self.args = list(args)
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen | None = None

@@ -1,7 +1,8 @@
 """Front actor: the HTTP server (aiohttp, explicit AppRunner start-up/clean-up) and its links into the tree.
 
 Sockets: DEALER to the router (generate/abort out, routed/reject in), PULL bound for token deltas from every
-rank, DEALER to the cache. The tokenizer lives here: ranks only ever see token ids.
+rank, DEALER to the cache, SUB to the memory guard's pressure (served as /memory_stats) and PUSH to it of
+each session request's end. The tokenizer lives here: ranks only ever see token ids.
 """
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ import zmq
 from aiohttp import web
 
 from ...ipc import sockets
+from ...ipc.messages import Message
 from ..base import Actor
 from .app import make_app
+from .session import Sessions
 from .streams import Streams
 
 log = logging.getLogger("front")
@@ -28,10 +31,12 @@ class Front(Actor):
     kind = "front"
 
     async def setup(self) -> None:
+        from ...models.identity import model_identity
         from ...models.loader import load_tokenizer
 
         self.tokenizer = await asyncio.to_thread(load_tokenizer, Path(self.cfg["model_path"]))
         self.model_id = served_name(self.cfg["model"])
+        self.model_identity = await asyncio.to_thread(model_identity, self.cfg)
         self.draining = False
         self.router = sockets.socket(self.ctx, zmq.DEALER, identity=self.name)
         # IMMEDIATE: no queueing for a router that is not connected; the client gets a 503 at once instead
@@ -44,6 +49,13 @@ class Front(Actor):
         self.cache.setsockopt(zmq.IMMEDIATE, 1)
         sockets.connect(self.cache, self.run_dir, "cache")
         self._cache_waits: dict[str, asyncio.Future] = {}
+        self.memory = sockets.socket(self.ctx, zmq.SUB)
+        self.memory.setsockopt(zmq.SUBSCRIBE, b"")
+        sockets.connect(self.memory, self.run_dir, "memory")
+        self.pressure: dict[str, Any] = {}  # the memory guard's latest publication, served as /memory_stats
+        self.session_uses = sockets.socket(self.ctx, zmq.PUSH)
+        sockets.connect(self.session_uses, self.run_dir, "sessions")
+        self.sessions = Sessions(int(self.cfg["memory"]["session_max_concurrent"]), self._session_use)
         http = self.cfg["http"]
         self.streams = Streams(self._send_generate, self._send_abort,
                                float(http["request_timeout_s"]), float(http["token_idle_timeout_s"]))
@@ -54,7 +66,8 @@ class Front(Actor):
         log.info("listening", extra={"event": "listening", "host": http["host"], "port": http["port"]})
 
     def tasks(self) -> list[Awaitable[Any]]:
-        return [self._from_router(), self._from_ranks(), self._from_cache()]
+        return [self._from_router(), self._from_ranks(), self._from_cache(),
+                self.serve(self.memory, "memory", {"pressure": self._on_pressure})]
 
     def load(self) -> dict[str, Any]:
         return {"inflight": len(self.streams)}
@@ -84,6 +97,13 @@ class Front(Actor):
         m = self.msg("generate", req_id=req_id, prompt_ids=prompt_ids, params=params, **extra)
         return sockets.send_nowait(self.router, m)
 
+    def _session_use(self, session: str, rank: str | None, tokens: int, active: int) -> None:
+        sockets.send_nowait(self.session_uses, self.msg("session_use", session=session, rank=rank, tokens=tokens,
+                                                        active=active))
+
+    def _on_pressure(self, m: Message) -> None:
+        self.pressure = {**m.body, "time": m.ts}
+
     def _send_abort(self, req_id: str) -> None:
         sockets.send_nowait(self.router, self.msg("abort", req_id=req_id))
 
@@ -98,7 +118,9 @@ class Front(Actor):
                 self.streams.on_routed(m.body["req_id"], m.body["rank"])
             elif m.type == "reject":
                 b = m.body
-                self.streams.on_error(b["req_id"], b["status"], b["message"], b["code"])
+                retry_after = b.get("retry_after")
+                self.streams.on_error(b["req_id"], b["status"], b["message"], b["code"],
+                                      retry_after if isinstance(retry_after, int) else None)
             else:
                 self.count("bad_frames_total")
 
@@ -131,33 +153,39 @@ class Front(Actor):
             self.count("orphan_tokens_total")
 
     # ---- response cache ------------------------------------------------------------------------------
-    @staticmethod
-    def cache_key(kind: str, prompt_ids: list[int], params: dict[str, Any]) -> str:
-        return hashlib.sha256(orjson.dumps([kind, prompt_ids, params], option=orjson.OPT_SORT_KEYS)).hexdigest()
+    def cache_key(self, kind: str, prompt_ids: list[int], params: dict[str, Any]) -> str:
+        """Scoped by the model's identity: no answer of one checkpoint is ever served for another."""
+        return hashlib.sha256(orjson.dumps([self.model_identity, kind, prompt_ids, params],
+                                           option=orjson.OPT_SORT_KEYS)).hexdigest()
 
     async def cache_get(self, key: str) -> dict[str, Any] | None:
-        fut = asyncio.get_running_loop().create_future()
-        self._cache_waits[key] = fut
-        try:
-            if not sockets.send_nowait(self.cache, self.msg("cache_get", key=key)):
-                return None
-            rep = await asyncio.wait_for(fut, CACHE_TIMEOUT_S)
-            return rep["value"] if rep["hit"] else None
-        except asyncio.TimeoutError:
+        rep = await self.ask_cache(self.msg("cache_get", key=key), CACHE_TIMEOUT_S)
+        if rep is None:
             self.count("cache_timeouts_total")
-            return None
-        finally:
-            self._cache_waits.pop(key, None)
+        return rep["value"] if rep and rep["hit"] else None
 
     def cache_put(self, key: str, value: dict[str, Any]) -> None:
         sockets.send_nowait(self.cache, self.msg("cache_put", key=key, value=value))
 
+    async def ask_cache(self, m: Message, timeout: float) -> dict[str, Any] | None:
+        """One request/reply with the cache actor; None when it could not answer within `timeout`."""
+        fut = asyncio.get_running_loop().create_future()
+        self._cache_waits[m.id] = fut
+        try:
+            if not sockets.send_nowait(self.cache, m):
+                return None
+            return await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            return None
+        finally:
+            self._cache_waits.pop(m.id, None)
+
     async def _from_cache(self) -> None:
         while True:
             got = await sockets.recv(self.cache, routed=False, where="cache")
-            if got is None or got[1].type != "cache_rep":
+            if got is None or got[1].type not in ("cache_rep", "store_rep"):
                 continue
-            fut = self._cache_waits.get(got[1].body["key"])
+            fut = self._cache_waits.get(got[1].id)
             if fut is not None and not fut.done():
                 fut.set_result(got[1].body)
 

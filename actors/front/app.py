@@ -15,6 +15,7 @@ from aiohttp import web
 from .chat import chat_completions
 from .completions import completions
 from .errors import APIError
+from .memory_stats import memory_stats
 from .responses import add_routes as add_responses_routes
 
 if TYPE_CHECKING:
@@ -82,6 +83,7 @@ def make_app(front: "Front") -> web.Application:
             "status": ("degraded" if degraded else "ok") if ok else "unavailable",
             "stopping": not front.accepting(),
             "serving_ranks": serving,
+            "profile": front.cfg["profile"],
             "actors": {n: {"state": a.get("state"), "pid": a.get("pid"), "restarts": a.get("restarts"),
                            "drained": a.get("drained")} for n, a in actors.items()},
             "time": time.time(),
@@ -112,8 +114,9 @@ def make_app(front: "Front") -> web.Application:
     app.router.add_get("/v1/models", models)
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
-    add_responses_routes(app, front.cfg)
+    add_responses_routes(app, front)
     app.router.add_get("/health", health)
+    app.router.add_get("/memory_stats", memory_stats)
     app.router.add_get("/admin/actors", admin_actors)
     app.router.add_get("/admin/debug/bundle", admin_bundle)
     app.router.add_post("/admin/ranks/{rank}/{op}", admin_rank)

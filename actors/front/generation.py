@@ -111,6 +111,7 @@ class Choice:
     finish: str | None = None
     pending: Any = None  # its rank request, once submitted
     session: str | None = None  # session.session_id of the request; rides on the generate message
+    counted: bool = False  # counted in front.sessions while submitted
 
 
 @dataclass
@@ -169,6 +170,8 @@ def submit(front: Front, choices: list[Choice]) -> None:
     Whoever submits must end with `release` (generate and collect do)."""
     for c in choices:
         try:
+            front.sessions.start(c.session, 1)
+            c.counted = True
             c.pending = front.streams.submit(c.prompt_ids, c.params, c.session)
         except APIError:
             release(front, choices)
@@ -180,6 +183,9 @@ def release(front: Front, choices: list[Choice]) -> None:
     for c in choices:
         if c.pending is not None:
             front.streams.release(c.pending)
+        if c.counted:
+            c.counted = False
+            front.sessions.end(c.session, c.pending.rank if c.pending else None, len(c.prompt_ids) + c.tokens)
 
 
 async def generate(front: Front, choices: list[Choice]) -> AsyncIterator[Event]:

@@ -5,13 +5,22 @@ chat completions, generated as one choice, and its harmony deltas are turned int
 events (response_output.py). Streamed and plain responses are built by the same code: the plain one just does
 not send the events.
 
-`previous_response_id` continues a stored conversation (response_store.py): the stored messages (earlier
-input and output, never earlier `instructions`) come first, then this request's input. A response is stored
-unless `store` is false. Logprobs are not offered here (use chat completions for them).
+`previous_response_id` continues a stored conversation (response_store.py, kept durably by the cache actor):
+the stored messages (earlier input and output, never earlier `instructions`) come first, then this request's
+input. A response is stored unless `store` is false. Logprobs are not offered here (use chat completions).
+
+`background: true` answers at once with the response `queued` (stored, so GET can poll it) and generates in a
+task of this front; the task stores it `in_progress` once tokens flow and whole at the end (`completed`,
+`incomplete`, or `failed` with the error). `POST /v1/responses/{id}/cancel` cancels the task, which aborts the
+rank request (its KV blocks are freed at the rank's next step) and stores it `cancelled`. If this front dies
+meanwhile, the cache actor marks it `failed` once it sees the new front (actors/cache.py). A background
+response cannot also be streamed here (nothing to resume a stream from): poll it instead.
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -34,7 +43,7 @@ from .generation import (
     submit,
 )
 from .harmony import HarmonyParser
-from .params import SAMPLING, Table, parse_body
+from .params import SAMPLING, Table, invalid, parse_body
 from .response_output import OutputBuilder, items_to_messages
 from .response_store import ResponseStore
 from .session import session_id
@@ -42,7 +51,9 @@ from .session import session_id
 if TYPE_CHECKING:
     from .actor import Front
 
+log = logging.getLogger("front.responses")
 STORE = web.AppKey("responses", ResponseStore)
+BACKGROUND = web.AppKey("background", dict)  # response id -> the asyncio.Task generating it
 
 RESPONSES = Table({
     "model": params.string(256),
@@ -50,6 +61,7 @@ RESPONSES = Table({
     "instructions": params.string(),
     "previous_response_id": params.string(256),
     "store": params.boolean,
+    "background": params.boolean,
     "max_output_tokens": params.integer(1, 1 << 30),
     **{k: SAMPLING[k] for k in ("temperature", "top_p", "top_k", "stream", "user", "ignore_eos")},
     "tools": ri.tools,
@@ -94,13 +106,18 @@ async def create(request: web.Request) -> web.StreamResponse:
     history: list[dict[str, Any]] = []
     prev = body.get("previous_response_id")
     if prev is not None:
-        stored = store.get(prev)
+        stored = await store.get(prev)
         if stored is None:
             raise APIError(404, f"previous response {prev!r} not found (expired, deleted, or stored by an "
                                 "earlier front process)", "not_found", "previous_response_id")
         history = stored.messages
     conversation = history + body["input"]
     effort = body.get("reasoning", {}).get("effort") or front.cfg.get("reasoning_effort")
+    background = body.get("background", False)
+    if background and not body.get("store", True):
+        raise invalid("background", "a background response must be stored ('store' cannot be false)")
+    if background and body.get("stream"):
+        raise invalid("background", "cannot be streamed on this server; poll GET /v1/responses/{id} instead")
     prompt_ids, prefill = render(front, _chat_body(body, conversation, effort))
     s = params.sampling(body, None, body.get("max_output_tokens"))
     parser = HarmonyParser(front.tokenizer)
@@ -114,15 +131,16 @@ async def create(request: web.Request) -> web.StreamResponse:
     echo = _echo(body)
     builder = OutputBuilder()
 
-    def response(status: str) -> dict[str, Any]:
-        return {"id": resp_id, "object": "response", "created_at": created, "status": status, "error": None,
+    def response(status: str, error: dict[str, Any] | None = None) -> dict[str, Any]:
+        started = status in ("queued", "in_progress")
+        return {"id": resp_id, "object": "response", "created_at": created, "status": status, "error": error,
                 "incomplete_details": {"reason": "max_output_tokens"} if status == "incomplete" else None,
-                "model": front.model_id, "output": [] if status == "in_progress" else builder.items,
-                "previous_response_id": prev,
+                "model": front.model_id, "output": [] if started else builder.items,
+                "previous_response_id": prev, "background": background,
                 "reasoning": {"effort": effort, "summary": None}, "store": body.get("store", True),
                 "temperature": s.wire["temperature"], "top_p": s.wire["top_p"], "truncation": "disabled",
-                "parallel_tool_calls": parallel, "usage": _usage(len(prompt_ids), choice) if status != "in_progress"
-                else None, **echo}
+                "parallel_tool_calls": parallel, "usage": None if started else _usage(len(prompt_ids), choice),
+                **echo}
 
     async def run() -> AsyncIterator[list[dict[str, Any]]]:
         """Lists of events, ending with the final response's; the response is stored once it is whole."""
@@ -136,8 +154,18 @@ async def create(request: web.Request) -> web.StreamResponse:
         final = builder.close(status)
         done = response(status)
         if done["store"]:
-            store.put(done, conversation + items_to_messages(builder.items))
+            await store.put(done, conversation + items_to_messages(builder.items))
         yield final + [{"type": f"response.{status}", "response": done}]
+
+    if background:
+        queued = response("queued")
+        await store.put(queued, conversation)
+        submit(front, [choice])
+        task = asyncio.create_task(_in_background(front, run(), response, conversation, choice))
+        tasks = request.app[BACKGROUND]
+        tasks[resp_id] = task
+        task.add_done_callback(lambda _: tasks.pop(resp_id, None))
+        return web.json_response(queued)
 
     if not body.get("stream"):
         submit(front, [choice])
@@ -164,6 +192,35 @@ async def create(request: web.Request) -> web.StreamResponse:
     return await stream_sse(request, front, [choice], sse_events, done=b"")  # Responses streams end without [DONE]
 
 
+async def _in_background(front: Front, batches: AsyncIterator[list[dict[str, Any]]], response, conversation,
+                         choice: Choice) -> None:
+    """Run a background response to its end; `run()` stores it whole. A failure or a cancel is stored too."""
+    store = ResponseStore(front)
+    try:
+        async with contextlib.aclosing(batches) as events:
+            first = True
+            async for _ in events:
+                if first:
+                    first = False
+                    await store.put(response("in_progress"), conversation)
+    except APIError as exc:
+        await _store_quietly(store, response("failed", {"code": exc.code or "server_error", "message": exc.message}),
+                             conversation)
+    except asyncio.CancelledError:
+        await _store_quietly(store, response("cancelled"), conversation)
+        raise
+    finally:
+        release(front, [choice])
+
+
+async def _store_quietly(store: ResponseStore, response: dict[str, Any], conversation: list[dict[str, Any]]) -> None:
+    try:
+        await store.put(response, conversation)
+    except APIError as exc:  # nobody to answer here: the log says what the poller will not see
+        log.error("background response not stored", extra={"event": "store_failed", "response_id": response["id"],
+                                                             "error": exc.message})
+
+
 def _echo(body: dict[str, Any]) -> dict[str, Any]:
     """Request fields a response object repeats, back in the Responses API's own shapes."""
     rf = body.get("text", {"type": "text"})
@@ -176,23 +233,47 @@ def _echo(body: dict[str, Any]) -> dict[str, Any]:
                      else {"type": rf["type"]}}}
 
 
-async def retrieve(request: web.Request) -> web.Response:
-    stored = request.app[STORE].get(request.match_info["response_id"])
+async def _stored(request: web.Request) -> dict[str, Any]:
+    response_id = request.match_info["response_id"]
+    stored = await request.app[STORE].get(response_id)
     if stored is None:
-        raise APIError(404, f"response {request.match_info['response_id']!r} not found", "not_found", "response_id")
-    return web.json_response(stored.response)
+        raise APIError(404, f"response {response_id!r} not found", "not_found", "response_id")
+    return stored.response
+
+
+async def retrieve(request: web.Request) -> web.Response:
+    return web.json_response(await _stored(request))
 
 
 async def delete(request: web.Request) -> web.Response:
     response_id = request.match_info["response_id"]
-    if not request.app[STORE].delete(response_id):
+    task = request.app[BACKGROUND].get(response_id)
+    if task is not None:  # deleting a running background response stops it first
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    if not await request.app[STORE].delete(response_id):
         raise APIError(404, f"response {response_id!r} not found", "not_found", "response_id")
     return web.json_response({"id": response_id, "object": "response.deleted", "deleted": True})
 
 
-def add_routes(app: web.Application, cfg: dict[str, Any]) -> None:
-    http = cfg["http"]
-    app[STORE] = ResponseStore(int(http["responses_store_max_entries"]), float(http["responses_store_ttl_s"]))
+async def cancel(request: web.Request) -> web.Response:
+    """Stop a background response: its rank request is aborted and it is stored `cancelled`. One that already
+    ended is returned as it is (cancel is idempotent); one that was not created in the background is a 400."""
+    response = await _stored(request)
+    if not response.get("background"):
+        raise APIError(400, "only a background response can be cancelled", "invalid_request", "response_id")
+    task = request.app[BACKGROUND].get(response["id"])
+    if task is None:
+        return web.json_response(response)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    return web.json_response(await _stored(request))
+
+
+def add_routes(app: web.Application, front: Front) -> None:
+    app[STORE] = ResponseStore(front)
+    app[BACKGROUND] = {}
     app.router.add_post("/v1/responses", create)
     app.router.add_get("/v1/responses/{response_id}", retrieve)
     app.router.add_delete("/v1/responses/{response_id}", delete)
+    app.router.add_post("/v1/responses/{response_id}/cancel", cancel)

@@ -8,7 +8,7 @@ such a request belongs to no session. It travels as the optional `session` field
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from .errors import APIError
 
@@ -29,3 +29,34 @@ def session_id(headers: Mapping[str, str], body: Mapping[str, Any]) -> str | Non
             return value[:MAX_LEN]
     return None
 
+
+
+class Sessions:
+    """The front's count of each session's requests in flight: the per-session concurrency limit
+    (`memory.session_max_concurrent`, 0 = none) is applied here, and each end of a session's request is
+    reported to the memory guard (`report(session, rank, tokens, active)`, fire-and-forget)."""
+
+    def __init__(self, max_concurrent: int, report: Callable[[str, str | None, int, int], None]) -> None:
+        self.max_concurrent = max_concurrent
+        self.report = report
+        self.active: dict[str, int] = {}
+
+    def start(self, session: str | None, n: int) -> None:
+        """Admit n rank requests of `session`, or refuse them all with a 429."""
+        if session is None:
+            return
+        now = self.active.get(session, 0)
+        if self.max_concurrent and now + n > self.max_concurrent:
+            raise APIError(429, f"session {session!r} already has {now} requests in flight (limit "
+                                f"{self.max_concurrent}); retry when one ends", "session_limit")
+        self.active[session] = now + n
+
+    def end(self, session: str | None, rank: str | None, tokens: int) -> None:
+        if session is None:
+            return
+        left = self.active.get(session, 1) - 1
+        if left > 0:
+            self.active[session] = left
+        else:
+            self.active.pop(session, None)
+        self.report(session, rank, tokens, max(left, 0))

@@ -75,10 +75,10 @@ class Streams:
             p.rank_pid = self.actors.get(rank, {}).get("pid")
             self._check(p)
 
-    def on_error(self, req_id: str, status: int, message: str, code: str) -> None:
+    def on_error(self, req_id: str, status: int, message: str, code: str, retry_after: int | None = None) -> None:
         p = self.pending.get(req_id)
         if p is not None:
-            p.queue.put_nowait(APIError(status, message, code))
+            p.queue.put_nowait(APIError(status, message, code, retry_after=retry_after))
 
     def on_tokens(self, req_id: str, ids: list[int], finish: str | None, logprobs: list | None = None) -> bool:
         p = self.pending.get(req_id)

@@ -32,6 +32,19 @@ log = logging.getLogger("rank")
 LOAD_REPORT_S = 0.5
 
 
+def gpu_memory() -> dict[str, dict[str, int]]:
+    """Per CUDA device this process sees: what torch allocated and reserved (its caching allocator), and what
+    the driver says is free of the total (other processes included). Empty on CPU. For the memory guard."""
+    import torch
+
+    out = {}
+    for i in range(torch.cuda.device_count() if torch.cuda.is_initialized() else 0):
+        free, total = torch.cuda.mem_get_info(i)
+        out[f"cuda:{i}"] = {"allocated_bytes": torch.cuda.memory_allocated(i),
+                            "reserved_bytes": torch.cuda.memory_reserved(i), "free_bytes": free, "total_bytes": total}
+    return out
+
+
 class Rank(Actor):
     kind = "rank"
 
@@ -63,7 +76,7 @@ class Rank(Actor):
                 self._engine_loop(), self._report_load()]
 
     def load(self) -> dict[str, Any]:
-        return {**self.engine.load(), "draining": self.draining}
+        return {**self.engine.load(), "draining": self.draining, "gpu": gpu_memory()}
 
     def state(self) -> dict[str, Any]:
         return {"rank": self.args.rank, "device": self.device, **self.load(),

@@ -1,0 +1,153 @@
+"""Memory guard, sessions, the durable response store and background responses, over one real tree.
+
+The tree runs with a small KV pool (2048 token positions = 128 blocks) and low KV thresholds (elevated 30%,
+critical 50%), so one long request puts its rank at critical. The store lives in a state directory the test
+names, so the last test can stop the whole server and read the store back from a new one.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import httpx
+import pytest
+from tree import Tree, wait_for
+
+from gptoss.models.loader import load_tokenizer
+from gptoss.models.tiny import ensure_tiny
+
+M = "gpt-oss-tiny"
+CONFIG = {
+    "engine": {"kv_cache_tokens": 2048},
+    "memory": {"kv": {"elevated": 0.3, "critical": 0.5}, "interval_s": 0.25, "session_idle_s": 0.5,
+               "retry_after_s": 3},
+}
+
+
+@pytest.fixture(scope="module")
+def state_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("state")
+
+
+@pytest.fixture(scope="module")
+def tree(state_dir):
+    t = Tree("--ranks", "1", config={**CONFIG, "paths": {"state_dir": str(state_dir)}}).start(timeout=240)
+    yield t
+    t.stop()
+
+
+def stats(tree: Tree) -> dict:
+    return tree.get("/memory_stats").json()
+
+
+def long_input(tokens: int) -> str:
+    """User text of about `tokens` tokens of the tiny tokenizer."""
+    tok = load_tokenizer(ensure_tiny())
+    words = "the quick brown fox jumps over a lazy dog "
+    text = words * (tokens // len(tok.encode(words, add_special_tokens=False)) + 1)
+    return tok.decode(tok.encode(text, add_special_tokens=False)[:tokens])
+
+
+def poll(tree: Tree, response_id: str, until: tuple[str, ...], timeout: float = 60.0) -> dict:
+    return wait_for(lambda: (r := tree.get(f"/v1/responses/{response_id}").json())["status"] in until and r,
+                    timeout, f"response {response_id} in {until}")
+
+
+def test_memory_stats_show_ranks_host_and_sessions(tree):
+    r = tree.post("/v1/chat/completions", headers={"X-Session-ID": "conv-a"},
+                  json={"model": M, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 6})
+    assert r.status_code == 200
+    body = wait_for(lambda: (s := stats(tree))["sessions"].get("conv-a") and s, 10, "session in /memory_stats")
+    assert body["memory_pressure"] == "ok" and body["host"]["total_bytes"] > 0
+    rank = body["ranks"]["rank-0"]
+    assert rank["kv_blocks_total"] == 2048 // 16 and rank["level"] == "ok"
+    session = body["sessions"]["conv-a"]
+    assert session["rank"] == "rank-0" and session["active"] == 0
+    assert session["tokens"] == r.json()["usage"]["total_tokens"]
+    assert body["thresholds"]["kv"] == {"elevated": 0.3, "critical": 0.5}
+
+
+def test_background_response_is_polled_to_completion(tree):
+    r = tree.post("/v1/responses", json={"model": M, "input": "hello", "background": True,
+                                         "max_output_tokens": 24, "ignore_eos": True})
+    assert r.status_code == 200 and r.json()["status"] == "queued" and r.json()["background"] is True
+    done = poll(tree, r.json()["id"], ("completed", "incomplete", "failed"))
+    assert done["status"] == "incomplete" and done["usage"]["output_tokens"] == 24  # ignore_eos: ran to the cap
+    assert done["output"], done
+    bad = tree.post("/v1/responses", json={"model": M, "input": "x", "background": True, "store": False})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "background"
+
+
+def test_critical_pressure_sheds_evicts_idle_sessions_and_cancel_frees_kv(tree):
+    # an idle session on rank-0 (its last request ended over session_idle_s ago)
+    assert tree.post("/v1/chat/completions", headers={"X-Session-ID": "idle-1"},
+                     json={"model": M, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}).status_code == 200
+    time.sleep(0.6)
+    # one long background response: ~1100 prompt tokens hold 69 of 128 blocks (54% > critical 50%)
+    big = tree.post("/v1/responses", json={"model": M, "input": long_input(1100), "background": True,
+                                           "max_output_tokens": 800, "ignore_eos": True}).json()
+    s = wait_for(lambda: (s := stats(tree))["memory_pressure"] == "critical" and s, 30, "critical pressure")
+    assert s["ranks"]["rank-0"]["kv_used_frac"] >= 0.5
+    # elevated or worse: the idle session was handed to its rank for eviction
+    wait_for(lambda: stats(tree)["sessions"]["idle-1"]["evicted"], 5, "idle session evicted")
+    # critical: new work is refused before generation, with Retry-After from the config
+    shed = tree.post("/v1/chat/completions", json={"model": M, "messages": [{"role": "user", "content": "hi"}],
+                                                  "max_tokens": 4})
+    assert shed.status_code == 429 and shed.headers["Retry-After"] == "3"
+    assert shed.json()["error"]["code"] == "memory_pressure"
+    # cancel mid-generation: the response is cancelled and its KV blocks are freed on the rank
+    assert tree.get(f"/v1/responses/{big['id']}").json()["status"] == "in_progress"
+    cancelled = tree.post(f"/v1/responses/{big['id']}/cancel")
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    assert 0 < cancelled.json()["usage"]["output_tokens"] < 800
+    wait_for(lambda: stats(tree)["ranks"]["rank-0"]["kv_blocks_used"] == 0, 10, "KV blocks freed")
+    wait_for(lambda: stats(tree)["memory_pressure"] == "ok", 10, "pressure back to ok")
+    assert tree.post("/v1/chat/completions", json={"model": M, "messages": [{"role": "user", "content": "hi"}],
+                                                  "max_tokens": 4}).status_code == 200
+    # cancel is idempotent on an ended response; a response not made in the background cannot be cancelled
+    assert tree.post(f"/v1/responses/{big['id']}/cancel").json()["status"] == "cancelled"
+    plain = tree.post("/v1/responses", json={"model": M, "input": "hi", "max_output_tokens": 4}).json()
+    assert tree.post(f"/v1/responses/{plain['id']}/cancel").status_code == 400
+
+
+KEPT: dict[str, dict] = {}  # responses the kill -9 test leaves for the full-restart test
+
+
+def test_store_survives_kill_9_of_the_front(tree):
+    first = tree.post("/v1/responses", json={"model": M, "input": "remember me", "max_output_tokens": 8}).json()
+    unstored = tree.post("/v1/responses", json={"model": M, "input": "x", "max_output_tokens": 4,
+                                                "store": False}).json()
+    running = tree.post("/v1/responses", json={"model": M, "input": "long", "background": True,
+                                               "max_output_tokens": 1500, "ignore_eos": True}).json()
+    poll(tree, running["id"], ("in_progress",))
+    old = tree.pid("front")
+    os.kill(old, signal.SIGKILL)
+    tree.wait_health(200, pred=lambda b: b["actors"]["front"]["pid"] != old and tree.all_ready(b), timeout=60)
+    assert tree.get(f"/v1/responses/{first['id']}").json() == first
+    assert tree.get(f"/v1/responses/{unstored['id']}").status_code == 404
+    # the background response died with its front: it is failed, never left in_progress forever
+    failed = poll(tree, running["id"], ("failed",), timeout=10)
+    assert failed["error"]["code"] == "server_error"
+    # a conversation continues from the stored one after the restart
+    follow = tree.post("/v1/responses", json={"model": M, "input": "again", "previous_response_id": first["id"],
+                                              "max_output_tokens": 4})
+    assert follow.status_code == 200
+    assert follow.json()["usage"]["input_tokens"] > first["usage"]["input_tokens"]
+    KEPT.update(first=first, follow=follow.json(), failed=failed)
+
+
+def test_store_survives_a_full_restart(tree, state_dir):
+    """Everything stored before a SIGTERM of the whole server (the earlier tests' responses too) is served by
+    the next server on the same state directory."""
+    first = tree.post("/v1/responses", json={"model": M, "input": "before restart", "max_output_tokens": 8}).json()
+    kept = [first, *KEPT.values()]
+    assert tree.stop() == 0
+    again = Tree("--ranks", "1", config={**CONFIG, "paths": {"state_dir": str(state_dir)}}).start(timeout=240)
+    try:
+        for response in kept:
+            assert again.get(f"/v1/responses/{response['id']}").json() == response
+        assert httpx.delete(again.url + f"/v1/responses/{first['id']}", timeout=10).status_code == 200
+        assert again.get(f"/v1/responses/{first['id']}").status_code == 404
+    finally:
+        assert again.stop() == 0

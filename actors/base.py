@@ -9,8 +9,8 @@ module does the rest, the same way for all of them:
   for `--sup-timeout` seconds (a hung or gone supervisor);
 - answers `state_req` for the debug bundle; SIGTERM is a graceful stop (`drain` first);
 - keeps the latest tree state the supervisor publishes;
-- pushes cumulative counters and gauges to telemetry every second (dropped, never blocking, if telemetry is
-  down).
+- pushes cumulative counters, gauges, histograms, per-socket message counts and its finished trace spans to
+  telemetry every second (dropped, never blocking, if telemetry is down).
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ import psutil
 import zmq
 import zmq.asyncio
 
-from ..ipc import jsonlog, messages, sockets
+from ..ipc import instruments, jsonlog, messages, sockets, tracing
 
 log = logging.getLogger("actor")
 PR_SET_PDEATHSIG = 1
@@ -50,6 +50,8 @@ class Actor:
         self.tree: dict[str, Any] = {"actors": {}, "stopping": False}
         self.counters: dict[str, float] = {}
         self.gauges: dict[str, float] = {}
+        self.hists: dict[str, instruments.Histogram] = {}
+        tracing.setup(bool(self.cfg.get("telemetry", {}).get("tracing", True)))
         self.started = time.time()
         self._stop = asyncio.Event()
         self._last_ping = time.monotonic()
@@ -85,8 +87,17 @@ class Actor:
         """Release what `setup` took."""
 
     # ---- helpers for subclasses ------------------------------------------------------------------------
-    def count(self, name: str, value: float = 1.0) -> None:
-        self.counters[name] = self.counters.get(name, 0.0) + value
+    def count(self, name: str, value: float = 1.0, **labels: Any) -> None:
+        k = instruments.key(name, labels) if labels else name
+        self.counters[k] = self.counters.get(k, 0.0) + value
+
+    def observe(self, name: str, value: float, **labels: Any) -> None:
+        """One observation of histogram `name` (its buckets are instruments.BUCKETS[name])."""
+        k = instruments.key(name, labels) if labels else name
+        h = self.hists.get(k)
+        if h is None:
+            h = self.hists[k] = instruments.Histogram(instruments.BUCKETS[name])
+        h.observe(value)
 
     def msg(self, type: str, **body: Any) -> messages.Message:
         return messages.make(type, self.name, **body)
@@ -149,6 +160,7 @@ class Actor:
             task.cancel()
         await asyncio.gather(*loops, return_exceptions=True)
         await self.cleanup()
+        self._push_metrics()  # the last spans of a graceful stop (their requests just finished) still go out
         self.ctx.destroy(linger=0)
         log.info("actor stopped", extra={"event": "stopped", "code": code})
         return code
@@ -200,10 +212,23 @@ class Actor:
                 os._exit(3)
 
     async def _metrics_loop(self) -> None:
+        proc = psutil.Process()
         while True:
             await asyncio.sleep(1.0)
-            self.gauges["rss_bytes"] = float(psutil.Process().memory_info().rss)
-            sockets.send_nowait(self.telemetry, self.msg("metrics", counters=self.counters, gauges=self.gauges))
+            self.gauges["rss_bytes"] = float(proc.memory_info().rss)
+            self._push_metrics()
+
+    def _push_metrics(self) -> None:
+        counters = dict(self.counters)
+        for name, (sent, received, dropped) in sockets.STATS.items():
+            counters[instruments.key("ipc_messages_sent_total", {"socket": name})] = float(sent)
+            counters[instruments.key("ipc_messages_received_total", {"socket": name})] = float(received)
+            counters[instruments.key("ipc_messages_dropped_total", {"socket": name})] = float(dropped)
+        counters["spans_dropped_total"] = float(tracing.dropped)
+        hists = {k: h.wire() for k, h in self.hists.items()}
+        spans = tracing.take()
+        sockets.send_nowait(self.telemetry, self.msg("metrics", counters=counters, gauges=self.gauges, hists=hists,
+                                                     spans=spans, pid=os.getpid()))
 
     def full_state(self) -> dict[str, Any]:
         return {
@@ -233,7 +258,7 @@ def run(cls: type[Actor], argv: list[str] | None = None) -> None:
     parser.add_argument("--run-dir", required=True)
     parser.add_argument("--log-dir", default=None)
     parser.add_argument("--config", required=True, help="effective config JSON written by the supervisor")
-    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-level", default="INFO", help="unless the config's logging.levels names this actor")
     parser.add_argument("--parent-pid", type=int, default=0)
     parser.add_argument("--sup-timeout", type=float, default=10.0)
     parser.add_argument("--drain-timeout", type=float, default=30.0)
@@ -242,7 +267,8 @@ def run(cls: type[Actor], argv: list[str] | None = None) -> None:
     _die_with_parent(args.parent_pid)
     # Ctrl-C in a terminal hits the whole process group; only the supervisor decides how the tree stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    jsonlog.setup(args.name, args.log_dir, args.log_level)
+    with open(args.config) as f:
+        jsonlog.configure(args.name, cls.kind, args.log_dir, json.load(f), args.log_level)
     try:
         code = asyncio.run(cls(args).main())
     except Exception:

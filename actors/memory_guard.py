@@ -108,7 +108,7 @@ class MemoryGuard(Actor):
         level = worst([self.host["level"], *(r["level"] for r in ranks.values())])
         if level != self.level:
             self.count("pressure_changes_total")
-            log.warning("memory pressure changed", extra={"event": "pressure_change", "from": self.level, "to": level})
+            log.warning("memory pressure changed", extra={"event": "memory.pressure", "from": self.level, "to": level})
         self.level = level
         self.sessions.expire()
         pressured = [n for n, r in ranks.items() if r["level"] != "ok"]

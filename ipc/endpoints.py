@@ -21,6 +21,7 @@ SOCKETS = {
     "ranks": "ranks.sock",  # router ROUTER <- rank DEALERs
     "tokens": "tokens.sock",  # front PULL <- rank PUSHes: token deltas
     "telemetry": "telemetry.sock",  # telemetry PULL <- every actor
+    "telemetry_q": "telemetry-q.sock",  # telemetry ROUTER <- front DEALER: /metrics and /stats scrapes
     "memory": "memory.sock",  # memory guard PUB -> router, front, ranks: pressure
     "sessions": "sessions.sock",  # memory guard PULL <- front PUSH: session use
     "cache": "cache.sock",  # cache ROUTER <- front DEALER

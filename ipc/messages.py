@@ -77,8 +77,13 @@ SCHEMAS: dict[str, dict[str, tuple[type, ...]]] = {
     "store_get": {"response_id": _STR},
     "store_delete": {"response_id": _STR},
     "store_rep": {"found": _BOOL, "response": _MAP, "messages": _LIST, "error": _OPT_STR},
-    # every actor -> telemetry
+    # every actor -> telemetry, once a second. counters/gauges: {series key: number} (ipc.instruments.key);
+    # optional: hists {series key: [count per bucket..., sum, count]}, spans (ipc.tracing.to_wire lists),
+    # pid (the reporting process, so telemetry tells a restarted actor's reports from its predecessor's)
     "metrics": {"counters": _MAP, "gauges": _MAP},
+    # front <-> telemetry (ROUTER "telemetry_q"): /metrics text and the actors' last reports for /stats
+    "scrape": {},
+    "scrape_rep": {"text": _STR, "sources": _MAP},
 }
 
 

@@ -4,6 +4,10 @@ through the one codec in ipc.messages.
 LINGER defaults to "forever" in ZeroMQ, which turns a close with unsent messages into a hung shutdown; we
 never want a message more than we want to exit. High-water marks bound the memory a dead peer's queue may
 hold.
+
+Every socket counts the messages it sent, received and dropped (a send refused because the peer's queue was
+full or the peer unroutable, a frame that failed to decode), per endpoint name: the base actor reports them
+as `ipc_messages_*_total{socket=...}`. A plain dict add per message, nothing more, on the hot path.
 """
 from __future__ import annotations
 
@@ -18,6 +22,9 @@ from .messages import MAX_FRAME_BYTES, Message, MessageError, decode, encode
 
 log = logging.getLogger(__name__)
 HWM = 10_000
+# endpoint name -> [sent, received, dropped], for this process's sockets (a name shared by two of its
+# sockets, e.g. a DEALER per peer on one endpoint, adds up).
+STATS: dict[str, list[int]] = {}
 
 
 def socket(ctx: zmq.asyncio.Context, kind: int, identity: str | None = None) -> zmq.asyncio.Socket:
@@ -49,10 +56,22 @@ def bind(sock: zmq.asyncio.Socket, run_dir: Path | str, name: str) -> None:
     except FileNotFoundError:
         pass
     sock.bind(endpoints.endpoint(run_dir, name))
+    _name(sock, name)
 
 
 def connect(sock: zmq.asyncio.Socket, run_dir: Path | str, name: str) -> None:
     sock.connect(endpoints.endpoint(run_dir, name))
+    _name(sock, name)
+
+
+def _name(sock: zmq.asyncio.Socket, name: str) -> None:
+    # pyzmq turns attribute assignment into setsockopt; the instance dict takes a plain attribute
+    vars(sock)["stats"] = STATS.setdefault(name, [0, 0, 0])
+
+
+def _stats(sock: zmq.asyncio.Socket) -> list[int]:
+    # A socket that was never bound or connected through us (a test's raw socket) counts into a throwaway.
+    return getattr(sock, "stats", None) or [0, 0, 0]
 
 
 async def send(sock: zmq.asyncio.Socket, msg: Message, to: bytes | None = None) -> None:
@@ -61,6 +80,7 @@ async def send(sock: zmq.asyncio.Socket, msg: Message, to: bytes | None = None) 
         await sock.send(frame)
     else:
         await sock.send_multipart([to, frame])
+    _stats(sock)[0] += 1
 
 
 def send_nowait(sock: zmq.asyncio.Socket, msg: Message, to: bytes | None = None) -> bool:
@@ -71,8 +91,10 @@ def send_nowait(sock: zmq.asyncio.Socket, msg: Message, to: bytes | None = None)
             sock.send(frame, flags=zmq.NOBLOCK)
         else:
             sock.send_multipart([to, frame], flags=zmq.NOBLOCK)
+        _stats(sock)[0] += 1
         return True
     except (zmq.Again, zmq.ZMQError):
+        _stats(sock)[2] += 1
         return False
 
 
@@ -93,4 +115,6 @@ def parse(frames: list[bytes], routed: bool, where: str) -> tuple[bytes | None, 
 
 async def recv(sock: zmq.asyncio.Socket, routed: bool, where: str) -> tuple[bytes | None, Message] | None:
     frames = await sock.recv_multipart()
-    return parse(frames, routed, where)
+    got = parse(frames, routed, where)
+    _stats(sock)[1 if got is not None else 2] += 1
+    return got

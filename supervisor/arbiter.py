@@ -211,7 +211,8 @@ class Arbiter:
                 if child.state == "starting":
                     child.set_state("ready")
                     child.last_pong = time.monotonic()
-                    log.info("actor ready", extra={"event": "actor_ready", "actor": child.name})
+                    log.info("actor ready", extra={"event": "actor.restarted" if child.restarts else "actor.started",
+                                                   "actor": child.name, "restarts": child.restarts})
                     self.on_ready(child)
                     self.publish()
             elif m.type == "pong":

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from ..models.loader import resolve_model
@@ -43,7 +45,7 @@ async def drain(arb: "Arbiter", args: dict[str, Any]) -> dict[str, Any]:
     child = _child(arb, args, ("rank",))
     child.drained = True
     arb.publish()
-    log.info("rank drained", extra={"event": "drain", "actor": child.name})
+    log.info("rank drained", extra={"event": "rank.drained", "actor": child.name})
     return {"actor": child.name, "drained": True}
 
 
@@ -51,7 +53,7 @@ async def undrain(arb: "Arbiter", args: dict[str, Any]) -> dict[str, Any]:
     child = _child(arb, args, ("rank",))
     child.drained = False
     arb.publish()
-    log.info("rank undrained", extra={"event": "undrain", "actor": child.name})
+    log.info("rank undrained", extra={"event": "rank.undrained", "actor": child.name})
     return {"actor": child.name, "drained": False}
 
 
@@ -99,11 +101,26 @@ async def restart(arb: "Arbiter", args: dict[str, Any]) -> dict[str, Any]:
 
 
 async def bundle(arb: "Arbiter", args: dict[str, Any]) -> dict[str, Any]:
-    """Every actor's own state, gathered in parallel; a silent actor shows up as an error entry."""
+    """Every actor's own state, gathered in parallel (a silent actor shows up as an error entry), and the tail
+    of every process's log. The telemetry actor's state carries the observability part: a metrics snapshot,
+    exporter and sampling state, spans dropped, recent errors and the slowest recent requests by trace id."""
     names = list(arb.children)
     states = await asyncio.gather(*(arb.ask(arb.children[n], "state_req", STATE_TIMEOUT_S) for n in names))
+    logs = {n: _log_tail(arb.log_dir / f"{n}.jsonl") for n in ["supervisor", *names]}
     return {"supervisor": await status(arb, {}), "profile": arb.cfg["profile"], "config": _redacted(arb.cfg),
-            "actors": {n: s.get("state", s) for n, s in zip(names, states)}}
+            "actors": {n: s.get("state", s) for n, s in zip(names, states)}, "logs": logs}
+
+
+def _log_tail(path: Path, lines: int = 50, max_bytes: int = 64 << 10) -> list[str]:
+    """The last lines of a log file (already redacted when written); a missing file is an empty tail."""
+    try:
+        with open(path, "rb") as f:
+            start = max(0, f.seek(0, os.SEEK_END) - max_bytes)
+            f.seek(start)
+            tail = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return []
+    return (tail[1:] if start else tail)[-lines:]  # a read from mid-file starts with a partial line
 
 
 async def reload_config(arb: "Arbiter", args: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
         cfg = config_mod.load(args.config, overrides)
         run_dir = endpoints.prepare_run_dir(Path(cfg["paths"]["run_dir"] or endpoints.default_run_dir()))
         log_dir = Path(cfg["paths"]["log_dir"]).absolute()
-        jsonlog.setup("supervisor", log_dir)
+        jsonlog.configure("supervisor", "supervisor", log_dir, cfg)
         if cfg["http"]["auto_port"]:
             cfg["http"]["port"] = free_port(cfg["http"]["host"])
         from ..models.loader import resolve_model  # imports torch: only once the config is known good

@@ -16,11 +16,13 @@ import orjson
 import zmq
 from aiohttp import web
 
-from ...ipc import sockets
+from ...ipc import sockets, tracing
 from ...ipc.messages import Message
 from ..base import Actor
 from .app import make_app
+from .metrics import TelemetryLink
 from .session import Sessions
+from .stats import Window
 from .streams import Streams
 
 log = logging.getLogger("front")
@@ -56,6 +58,8 @@ class Front(Actor):
         self.session_uses = sockets.socket(self.ctx, zmq.PUSH)
         sockets.connect(self.session_uses, self.run_dir, "sessions")
         self.sessions = Sessions(int(self.cfg["memory"]["session_max_concurrent"]), self._session_use)
+        self.telemetry_link = TelemetryLink(self)
+        self.stats = Window()
         http = self.cfg["http"]
         self.streams = Streams(self._send_generate, self._send_abort,
                                float(http["request_timeout_s"]), float(http["token_idle_timeout_s"]))
@@ -67,7 +71,7 @@ class Front(Actor):
 
     def tasks(self) -> list[Awaitable[Any]]:
         return [self._from_router(), self._from_ranks(), self._from_cache(),
-                self.serve(self.memory, "memory", {"pressure": self._on_pressure})]
+                self.serve(self.memory, "memory", {"pressure": self._on_pressure}), self.telemetry_link.run()]
 
     def load(self) -> dict[str, Any]:
         return {"inflight": len(self.streams)}
@@ -94,7 +98,9 @@ class Front(Actor):
     # ---- router and ranks ------------------------------------------------------------------------------
     def _send_generate(self, req_id: str, prompt_ids: list[int], params: dict[str, Any], session: str | None) -> bool:
         extra = {} if session is None else {"session": session}
+        # called in the HTTP request's task: its trace context and request id go along in the envelope
         m = self.msg("generate", req_id=req_id, prompt_ids=prompt_ids, params=params, **extra)
+        m.trace = tracing.inject()
         return sockets.send_nowait(self.router, m)
 
     def _session_use(self, session: str, rank: str | None, tokens: int, active: int) -> None:

@@ -14,9 +14,12 @@ from aiohttp import web
 
 from .chat import chat_completions
 from .completions import completions
+from . import observe
 from .errors import APIError
 from .memory_stats import memory_stats
+from .metrics import metrics
 from .responses import add_routes as add_responses_routes
+from .stats import stats
 
 if TYPE_CHECKING:
     from .actor import Front
@@ -66,7 +69,8 @@ def make_app(front: "Front") -> web.Application:
             raise APIError(401, "missing or invalid API key (Authorization: Bearer ...)", "invalid_api_key")
         return await handler(request)
 
-    app = web.Application(middlewares=[errors, guard], client_max_size=max_body)
+    app = web.Application(middlewares=[observe.middleware(front), errors, guard], client_max_size=max_body)
+    app.on_response_prepare.append(observe.add_request_id)
     app["front"] = front
 
     async def models(request: web.Request) -> web.Response:
@@ -117,6 +121,8 @@ def make_app(front: "Front") -> web.Application:
     add_responses_routes(app, front)
     app.router.add_get("/health", health)
     app.router.add_get("/memory_stats", memory_stats)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/stats", stats)
     app.router.add_get("/admin/actors", admin_actors)
     app.router.add_get("/admin/debug/bundle", admin_bundle)
     app.router.add_post("/admin/ranks/{rank}/{op}", admin_rank)

@@ -27,6 +27,7 @@ import orjson
 from aiohttp import web
 
 from .detok import Detokenizer
+from . import observe
 from .errors import APIError
 from .harmony import Delta
 
@@ -168,12 +169,14 @@ async def _run(front: Front, choice: Choice, put: Callable[[Any], None]) -> None
 def submit(front: Front, choices: list[Choice]) -> None:
     """Send every choice to the router now, so that a refusal (503) comes before any response is started.
     Whoever submits must end with `release` (generate and collect do)."""
+    observe.record_submit(choices)
     for c in choices:
         try:
             front.sessions.start(c.session, 1)
             c.counted = True
             c.pending = front.streams.submit(c.prompt_ids, c.params, c.session)
-        except APIError:
+        except APIError as exc:
+            observe.record_error(exc.code)
             release(front, choices)
             raise
 
@@ -192,15 +195,19 @@ async def generate(front: Front, choices: list[Choice]) -> AsyncIterator[Event]:
     """Events of submitted choices as they come; raises the first APIError. Closing it aborts what still runs."""
     queue: asyncio.Queue = asyncio.Queue()
     tasks = [asyncio.create_task(_run(front, c, queue.put_nowait)) for c in choices]
+    last: dict[Choice, tuple[float, int]] = {}  # per choice: when its previous batch came, tokens so far
     try:
         left = len(choices)
         while left:
             ev = await queue.get()
             if isinstance(ev, APIError):
+                observe.record_error(ev.code)
                 raise ev
+            observe.record_tokens(front, ev.choice, last)
             if ev.finish is not None:
                 left -= 1
             yield ev
+        observe.record_finished(front, choices)
     finally:
         for t in tasks:
             t.cancel()
@@ -270,7 +277,10 @@ async def cached_answer(front: Front, key: str | None, resp_id: str, created: in
     cached = await front.cache_get(key) if key else None
     if cached is not None:
         front.count("cache_hits_total")
+        observe.record_cached()
         return web.json_response({**cached, "id": resp_id, "created": created})
+    if key is not None:
+        front.count("cache_misses_total")
     result = await build()
     if key is not None:
         front.cache_put(key, result)

@@ -99,7 +99,7 @@ class HarmonyParser:
         self._kind = ""  # of the open body: reasoning | content | tool | drop
         self._detok: Detokenizer | None = None
         self._out: list[Delta] = []
-        self._warned = False
+        self.malformed = False
 
     # ---- public API -------------------------------------------------------------------------------------
 
@@ -265,8 +265,8 @@ class HarmonyParser:
         return "<|channel|>" in text or "<|constrain|>" in text or text.split()[:1] in ([], ["assistant"])
 
     def _warn(self, reason: str) -> None:
-        if not self._warned:  # once per request: a broken model would otherwise flood the log
-            self._warned = True
+        if not self.malformed:  # once per request: a broken model would otherwise flood the log
+            self.malformed = True
             log.warning("malformed harmony output: %s", reason,
                         extra={"event": "harmony_malformed", "reason": reason, "request_id": self.request_id})
 

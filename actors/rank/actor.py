@@ -27,6 +27,7 @@ from .build import build_engine
 from .engine import QueueFull
 from .sampling import SamplingParams
 from .tensor_group import TICK_S
+from .timings import Timings
 
 log = logging.getLogger("rank")
 LOAD_REPORT_S = 0.5
@@ -70,6 +71,7 @@ class Rank(Actor):
         self.draining = False
         self.front_pid: int | None = None
         self.owned: set[str] = set()  # requests taken and not yet finished
+        self.timings = Timings(self)
 
     def tasks(self) -> list[Awaitable[Any]]:
         return [self.serve(self.router, "ranks", {"generate": self._admit, "abort": self._abort}),
@@ -124,6 +126,7 @@ class Rank(Actor):
         except (ValueError, TypeError) as exc:
             return self._fail(req_id, 400, str(exc), "invalid_request")
         self.owned.add(req_id)
+        self.timings.admitted(m, params.max_tokens)
         self.count("requests_total")
         self.wake.set()
 
@@ -148,12 +151,13 @@ class Rank(Actor):
         # (torch releases the GIL in its kernels) while this loop encodes and sends, so sending costs no step
         # time. Safe because add/abort only touch the engine's locked inboxes and outputs are plain tuples.
         step: asyncio.Future | None = None
+        started = 0  # when `step` was launched (time.time_ns), for the requests' queue times
         while True:
             if step is None:
                 if not self.engine.has_work():
                     await self._idle()
                     continue
-                step = asyncio.ensure_future(asyncio.to_thread(self.engine.step))
+                step, started = asyncio.ensure_future(asyncio.to_thread(self.engine.step)), time.time_ns()
             try:
                 outputs = await step
             except Exception:
@@ -162,6 +166,7 @@ class Rank(Actor):
                 for r in list(self.engine.running):
                     self._fail(r.id, 500, "generation failed on this rank", "engine_error")
                     self.owned.discard(r.id)
+                    self.timings.forget(r.id)
                 self.engine.running.clear()
                 if self.group is not None:  # ... unless the group is out of step: restart it (see above)
                     for req_id in self.owned:
@@ -169,7 +174,10 @@ class Rank(Actor):
                     raise
                 step = None
                 continue
+            # the engine's running set is read before the next step can change it (that task starts on our next await)
+            self.timings.stepped(started, self.engine.running, outputs)
             step = asyncio.ensure_future(asyncio.to_thread(self.engine.step)) if self.engine.has_work() else None
+            started = time.time_ns()
             self._publish(outputs)
 
     def _publish(self, outputs: list[Any]) -> None:

@@ -1,0 +1,4 @@
+from ..base import run
+from .actor import Telemetry
+
+run(Telemetry)

@@ -1,0 +1,100 @@
+"""OpenTelemetry tracing inside one actor process: spans are made with the SDK, and shipped to the telemetry
+actor instead of to a collector.
+
+Every process records every span (ALWAYS_ON); whether a trace is kept is decided later, once, in the
+telemetry actor, when the trace's spans from front, router and rank are all in (tail sampling: errors and slow
+requests always, a share of the rest). So a finished span is only turned into a small list here and queued;
+the base actor sends the queue to telemetry with its metrics every second (`take`).
+
+Across processes the W3C trace context travels in the message envelope's `tc` map (`traceparent`), next to
+`rid`, the request id the front gave the HTTP request, so router and rank log lines carry both.
+"""
+from __future__ import annotations
+
+import contextvars
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+MAX_QUEUED = 20_000  # spans waiting for the next push; beyond it they are dropped and counted
+_propagator = TraceContextTextMapPropagator()
+_queue: list[list[Any]] = []
+dropped = 0
+tracer: trace.Tracer = trace.NoOpTracer()
+
+# The request being served by the current task (front: set per HTTP request; router/rank: per message).
+request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+trace_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("trace_id", default=None)
+
+
+class _Queue(SpanProcessor):
+    def on_end(self, span: ReadableSpan) -> None:
+        global dropped
+        if len(_queue) >= MAX_QUEUED:
+            dropped += 1
+            return
+        _queue.append(to_wire(span))
+
+
+def setup(enabled: bool) -> None:
+    """Make this process's tracer; disabled, every span is a no-op and nothing is queued."""
+    global tracer
+    if not enabled:
+        tracer = trace.NoOpTracer()
+        return
+    provider = TracerProvider(sampler=ALWAYS_ON)
+    provider.add_span_processor(_Queue())
+    tracer = provider.get_tracer("gptoss")
+
+
+def take(limit: int = 5000) -> list[list[Any]]:
+    """Up to `limit` of the spans finished since the last call, oldest first (the caller sends them to
+    telemetry; the limit keeps one push well under the frame size cap)."""
+    global _queue
+    out, _queue = _queue[:limit], _queue[limit:]
+    return out
+
+
+def to_wire(span: ReadableSpan) -> list[Any]:
+    """[name, trace_id, span_id, parent_id|None, start_ns, end_ns, kind, attributes, events, status, message];
+    ids as hex, events as [name, time_ns, attributes]."""
+    ctx, parent = span.context, span.parent
+    return [span.name, f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}",
+            f"{parent.span_id:016x}" if parent is not None else None,
+            span.start_time, span.end_time, span.kind.value, dict(span.attributes or {}),
+            [[e.name, e.timestamp, dict(e.attributes or {})] for e in span.events],
+            span.status.status_code.value, span.status.description]
+
+
+def inject(span: trace.Span | None = None) -> dict[str, Any]:
+    """The envelope's `tc` for a message sent on behalf of `span` (default: the current one)."""
+    carrier: dict[str, Any] = {}
+    ctx = trace.set_span_in_context(span) if span is not None else None
+    _propagator.inject(carrier, context=ctx)
+    rid = request_id.get()
+    if rid is not None:
+        carrier["rid"] = rid
+    return carrier
+
+
+def extract(tc: dict[str, Any]) -> Context:
+    """The parent context a message's `tc` carries (an empty context when it carries none or garbage)."""
+    tp = tc.get("traceparent")
+    return _propagator.extract({"traceparent": tp} if isinstance(tp, str) else {})
+
+
+def ids_of(tc: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(request_id, trace_id) from a message's `tc`, for log lines."""
+    rid = tc.get("rid")
+    tp = tc.get("traceparent")
+    tid = tp.split("-")[1] if isinstance(tp, str) and tp.count("-") == 3 else None
+    return (rid if isinstance(rid, str) else None), tid
+
+
+def hex_trace_id(span: trace.Span) -> str | None:
+    ctx = span.get_span_context()
+    return f"{ctx.trace_id:032x}" if ctx.is_valid else None

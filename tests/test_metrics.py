@@ -1,0 +1,257 @@
+"""Metrics: the exposition's restart semantics, the shipped alert rules under promtool, and a real Prometheus
+scraping a running tree's /metrics, evaluating every dashboard and alert expression after real traffic."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from importlib import resources
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from tree import Tree, chat, wait_for
+
+from gptoss.actors.telemetry import exposition
+from gptoss.ipc import instruments
+
+CONFIGS = resources.files("gptoss.configs")
+RULES = Path(str(CONFIGS / "prometheus" / "alerts.yml"))
+RULE_TESTS = Path(str(CONFIGS / "prometheus" / "alerts_test.yml"))
+DASHBOARD = Path(str(CONFIGS / "grafana" / "gptoss-hf-server.json"))
+# expressions over these must return data once requests were served
+REQUEST_METRICS = re.compile(r"llm_(requests_total|time_to_first_token|inter_token|e2e_request|request_|prompt_tokens"
+                             r"|generation_tokens)")
+
+
+def _binary(name: str) -> str:
+    path = shutil.which(name)
+    # CI installs the Debian package `prometheus` (see .ci/run and README): missing is a failure, not a skip
+    assert path, f"{name} not found: apt-get install -y prometheus"
+    return path
+
+
+# ---- the exposition, without processes ----------------------------------------------------------------------
+def _source(pid: int, counters: dict, hists: dict | None = None, age: float = 0.0) -> dict:
+    return {"pid": pid, "ts": time.time() - age, "counters": counters, "gauges": {}, "hists": hists or {}}
+
+
+def _samples(text: str) -> dict[str, float]:
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+            if line and not line.startswith("#")}
+
+
+def test_dead_replaced_or_silent_actors_show_up_0_and_none_of_their_numbers():
+    tree = {"front": {"state": "ready", "pid": 10, "restarts": 0},
+            "rank-0": {"state": "ready", "pid": 22, "restarts": 1},    # replaced: the report is the old pid's
+            "router": {"state": "down", "pid": None, "restarts": 2},   # dead
+            "cache": {"state": "ready", "pid": 40, "restarts": 0}}     # silent for 30 s
+    sources = {"front": _source(10, {"requests_total": 5.0}), "rank-0": _source(21, {"tokens_total": 900.0}),
+               "router": _source(30, {"routed_total": 7.0}), "cache": _source(40, {"gets_total": 3.0}, age=30)}
+    s = _samples(exposition.render(tree, sources, {"model": "tiny", "profile": "balanced"}, time.time()))
+    up = {a: s[f'actor_up{{actor="{a}",model="tiny",profile="balanced"}}'] for a in tree}
+    assert up == {"front": 1.0, "rank-0": 0.0, "router": 0.0, "cache": 0.0}
+    assert s['gptoss_requests_total{actor="front",model="tiny",profile="balanced"}'] == 5.0
+    assert not any(k.startswith(("gptoss_tokens_total", "gptoss_routed_total", "gptoss_gets_total")) for k in s)
+    assert s['actor_restarts_total{actor="router",model="tiny",profile="balanced"}'] == 2.0
+    # the front's fallback (telemetry silent): the tree's word only, marked
+    s = _samples(exposition.render(tree, None, {"model": "tiny", "profile": "balanced"}, time.time()))
+    assert s['gptoss_telemetry_up{model="tiny",profile="balanced"}'] == 0.0
+    assert s['actor_up{actor="rank-0",model="tiny",profile="balanced"}'] == 1.0
+    assert not any(k.startswith("gptoss_requests") for k in s)
+
+
+def test_series_are_per_actor_so_a_restart_is_one_clean_counter_reset():
+    """Two ranks' numbers are never summed (a restart of one would look like the sum going down by its
+    share), and histogram buckets are cumulative with +Inf = count."""
+    h = instruments.Histogram(instruments.BUCKETS["llm_request_queue_time_seconds"])
+    for v in (0.002, 0.3, 100.0):
+        h.observe(v)
+    key = instruments.key("llm_request_queue_time_seconds", {"rank": "rank-0"})
+    tree = {n: {"state": "ready", "pid": i, "restarts": 0} for i, n in enumerate(["rank-0", "rank-1"])}
+    sources = {"rank-0": _source(0, {"preemptions_total": 4.0}, {key: h.wire(), "bogus{x=\"1\"}": [1, 2]}),
+               "rank-1": _source(1, {"preemptions_total": 1.0})}
+    s = _samples(exposition.render(tree, sources, {"model": "m", "profile": "p"}, time.time()))
+    assert s['llm_preemptions_total{actor="rank-0",model="m",profile="p",rank="rank-0"}'] == 4.0
+    assert s['llm_preemptions_total{actor="rank-1",model="m",profile="p",rank="rank-1"}'] == 1.0
+    base = 'actor="rank-0",{}model="m",profile="p",rank="rank-0"'
+    assert s["llm_request_queue_time_seconds_bucket{" + base.format('le="0.005",') + "}"] == 1.0
+    assert s["llm_request_queue_time_seconds_bucket{" + base.format('le="0.5",') + "}"] == 2.0
+    assert s["llm_request_queue_time_seconds_bucket{" + base.format('le="+Inf",') + "}"] == 3.0
+    assert s["llm_request_queue_time_seconds_count{" + base.format("") + "}"] == 3.0
+    assert not any("bogus" in k for k in s)
+
+
+# ---- shipped rules ---------------------------------------------------------------------------------------
+def test_alert_rules_pass_promtool_check_and_their_unit_tests():
+    promtool = _binary("promtool")
+    check = subprocess.run([promtool, "check", "rules", str(RULES)], capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0, check.stdout + check.stderr
+    unit = subprocess.run([promtool, "test", "rules", RULE_TESTS.name], cwd=RULE_TESTS.parent,
+                          capture_output=True, text=True, timeout=60)
+    assert unit.returncode == 0 and "SUCCESS" in unit.stdout, unit.stdout + unit.stderr
+
+
+# ---- a live tree, scraped by a real Prometheus ----------------------------------------------------------
+@pytest.fixture(scope="module")
+def tree():
+    t = Tree("--ranks", "1").start()
+    yield t
+    assert t.stop() == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def prometheus(tree):
+    binary = _binary("prometheus")
+    d = Path(tempfile.mkdtemp(prefix="prom", dir="/tmp"))
+    port = _free_port()
+    (d / "prometheus.yml").write_text(yaml.safe_dump({
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(RULES)],
+        "scrape_configs": [{"job_name": "gptoss", "static_configs": [{"targets": [f"127.0.0.1:{tree.port}"]}]}]}))
+    proc = subprocess.Popen([binary, f"--config.file={d / 'prometheus.yml'}", f"--storage.tsdb.path={d / 'data'}",
+                             f"--web.listen-address=127.0.0.1:{port}"],
+                            stdout=subprocess.DEVNULL, stderr=open(d / "log.txt", "wb"))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: httpx.get(url + "/-/ready", timeout=2).status_code == 200, 30, "prometheus ready")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _query(url: str, expr: str) -> list:
+    r = httpx.get(url + "/api/v1/query", params={"query": expr}, timeout=10).json()
+    assert r["status"] == "success", (expr, r)
+    return r["data"]["result"]
+
+
+def _traffic(tree: Tree) -> None:
+    client = tree.client()
+    for i in range(3):
+        chat(client, f"hello {i}", max_tokens=8)
+        for _ in chat(client, f"stream {i}", max_tokens=8, stream=True):
+            pass
+    client.completions.create(model="gpt-oss-tiny", prompt="once upon", max_tokens=6, n=2)
+    chat(client, "same", max_tokens=4, temperature=0)
+    chat(client, "same", max_tokens=4, temperature=0)  # the response cache answers this one
+
+
+def test_metrics_text_passes_promtool_and_holds_the_llm_metrics(tree):
+    _traffic(tree)
+    time.sleep(1.5)  # one report cycle
+    r = tree.get("/metrics")
+    assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/plain")
+    check = subprocess.run([_binary("promtool"), "check", "metrics"], input=r.text, capture_output=True,
+                           text=True, timeout=30)
+    assert check.returncode == 0 and not check.stdout.strip() and not check.stderr.strip(), check.stdout + check.stderr
+    s = _samples(r.text)
+    lab = 'model="tiny",profile="balanced"'
+    assert s[f'gptoss_telemetry_up{{{lab}}}'] == 1.0
+    for actor in ("front", "router", "rank-0", "telemetry", "cache", "memory_guard"):
+        assert s[f'actor_up{{actor="{actor}",{lab}}}'] == 1.0
+    ok = f'llm_requests_total{{actor="front",endpoint="/v1/chat/completions",finish_reason="{{}}",{lab},status="200"}}'
+    assert s[ok.format("length")] + s.get(ok.format("stop"), 0) >= 7
+    assert s[ok.format("cached")] >= 1
+    front_ttft = f'llm_time_to_first_token_seconds_count{{actor="front",{lab},rank="rank-0"}}'
+    assert s[front_ttft] >= 9
+    assert s[f'llm_request_queue_time_seconds_count{{actor="rank-0",{lab},rank="rank-0"}}'] >= 9
+    assert s[f'llm_cache_hits_total{{actor="front",cache="response",{lab}}}'] >= 1
+    assert s[f'llm_generation_tokens_total{{actor="front",{lab}}}'] >= 40
+    assert s[f'llm_num_requests_running{{actor="rank-0",{lab},rank="rank-0"}}'] >= 0
+    assert 0 < s[f'llm_memory_pressure{{actor="memory_guard",{lab}}}'] < 1
+    assert s[f'ipc_messages_sent_total{{actor="front",{lab},socket="router"}}'] >= 10
+
+
+def test_stats_reports_percentiles_per_rank_routing_and_cache_rates(tree):
+    _traffic(tree)
+    time.sleep(1.5)
+    body = tree.get("/stats").json()
+    assert body["telemetry"] is True and body["slo"] == {"ttft_p95_s": 7.0, "e2e_s": 20.0}
+    for scope in ("all", "rank-0"):
+        lat = body["latency"][scope]
+        assert lat["requests"] >= 8
+        for metric in ("ttft_s", "itl_s", "e2e_s"):
+            p = lat[metric]
+            assert 0 < p["p50"] <= p["p95"] <= p["p99"], (scope, metric, p)
+        assert lat["tokens_per_s"] > 0 and 0 <= lat["slo_compliance"] <= 1
+    assert body["gpu_routing"]["per_rank"]["rank-0"] >= 9
+    assert body["gpu_routing"]["routed_total"] == body["gpu_routing"]["per_rank"]["rank-0"]
+    assert 0 < body["cache"]["response_hit_rate"] < 1
+    assert body["actors"]["rank-0"]["state"] == "ready"
+
+
+def _expressions() -> list[tuple[str, str]]:
+    out = []
+    for group in yaml.safe_load(RULES.read_text())["groups"]:
+        for rule in group["rules"]:
+            # every alert is `<measure> <op> <threshold>`: the measure must evaluate to data, not just parse
+            out.append((rule["alert"], re.split(r"\s(?:>|==)\s[\d.]+$", rule["expr"].strip())[0]))
+    for panel in json.loads(DASHBOARD.read_text())["panels"]:
+        out += [(panel["title"], t["expr"]) for t in panel["targets"]]
+    return out
+
+
+def test_a_real_prometheus_scrapes_the_tree_and_every_expression_evaluates(tree, prometheus):
+    wait_for(lambda: any(r["value"][1] == "1" for r in _query(prometheus, 'up{job="gptoss"}')), 30, "target up")
+    _traffic(tree)  # after the first scrape, so rate() sees it rise
+    wait_for(lambda: _query(prometheus, "sum(rate(llm_requests_total[1m])) > 0"), 20, "request rate in prometheus")
+    wait_for(lambda: _query(prometheus, "sum(rate(llm_request_decode_time_seconds_count[1m])) > 0"), 20,
+             "rank histograms in prometheus")
+    empty = []
+    for title, expr in _expressions():
+        result = _query(prometheus, expr)  # asserts status success: no expression errors
+        if REQUEST_METRICS.search(expr) and not any(v["value"][1] not in ("NaN",) for v in result):
+            empty.append((title, expr))
+    assert not empty, f"request expressions without data: {empty}"
+    rules = httpx.get(prometheus + "/api/v1/rules", timeout=10).json()["data"]["groups"]
+    health = [(r["name"], r.get("health"), r.get("lastError")) for g in rules for r in g["rules"]]
+    assert len(health) == 8 and all(h == "ok" for _, h, _ in health), health
+
+
+def test_a_dead_actor_is_up_0_at_once_and_counts_again_from_zero(tree):
+    old = tree.pid("cache")
+    os.kill(old, signal.SIGKILL)
+    lab = 'model="tiny",profile="balanced"'
+
+    def down() -> bool:
+        s = _samples(tree.get("/metrics").text)
+        return s[f'actor_up{{actor="cache",{lab}}}'] == 0.0 and not any(
+            k.startswith("ipc_messages") and 'actor="cache"' in k for k in s)
+
+    wait_for(down, 10, "cache shown down with none of its numbers", interval=0.05)
+    tree.wait_health(200, timeout=30, pred=lambda b: b["actors"]["cache"]["pid"] != old and tree.all_ready(b))
+    s = wait_for(lambda: (lambda s: s if s[f'actor_up{{actor="cache",{lab}}}'] == 1.0 else None)(
+        _samples(tree.get("/metrics").text)), 10, "cache up again")
+    assert s[f'actor_restarts_total{{actor="cache",{lab}}}'] >= 1
+
+
+def test_a_silent_telemetry_actor_costs_a_marked_answer_not_a_hang(tree):
+    pid = tree.pid("telemetry")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        r = tree.get("/metrics")
+        took = time.monotonic() - started
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert r.status_code == 200 and took < 2.5
+    s = _samples(r.text)
+    assert s['gptoss_telemetry_up{model="tiny",profile="balanced"}'] == 0.0
+    assert s['actor_up{actor="front",model="tiny",profile="balanced"}'] == 1.0
+    assert not any(k.startswith("llm_") for k in s)

@@ -17,3 +17,6 @@ def pytest_sessionstart(session) -> None:
     took = time.monotonic() - started
     if took > 1:
         print(f"\nbuilt the tiny checkpoint {path} in {took:.0f} s")
+
+
+from obs_tree import obs_tree, otlp_receiver  # noqa: E402,F401 - the observability tests' shared tree

@@ -10,34 +10,24 @@ import logging
 import subprocess
 import sys
 
-import pytest
-from tree import Tree, chat
+from obs_tree import ADMIN_KEY as ADMIN
+from obs_tree import API_KEY as KEY
+from tree import chat
 
 from gptoss.ipc import jsonlog, tracing
-
-KEY = "sk-test-obs-secret-key-123"
-ADMIN = "adm-obs-secret-456"
-
-
-@pytest.fixture(scope="module")
-def tree():
-    t = Tree("--ranks", "1", config={"logging": {"levels": {"rank": "debug"}}},
-             env={"GPTOSS_API_KEY": KEY, "GPTOSS_ADMIN_KEY": ADMIN}).start()
-    yield t
-    assert t.stop() == 0
 
 
 def _scoped(line: dict) -> bool:
     return line["event"].startswith("request.") or line["event"] == "access"
 
 
-def test_one_request_followed_from_front_to_router_to_rank(tree):
-    client = tree.client(api_key=KEY)
+def test_one_request_followed_from_front_to_router_to_rank(obs_tree):
+    client = obs_tree.client(api_key=KEY)
     chat(client, "follow me", max_tokens=6, extra_headers={"X-Request-ID": "follow-1"})
     for _ in chat(client, "me too", max_tokens=6, stream=True, extra_headers={"X-Request-ID": "follow-2"}):
         pass
-    tree.wait_health(200)
-    logs = {a: tree.log(a) for a in ("front", "router", "rank-0")}
+    obs_tree.wait_health(200)
+    logs = {a: obs_tree.log(a) for a in ("front", "router", "rank-0")}
     for rid in ("follow-1", "follow-2"):
         mine = {a: [e for e in lines if e.get("request_id") == rid] for a, lines in logs.items()}
         assert {e["event"] for e in mine["front"]} >= {"request.received", "request.first_token",
@@ -51,29 +41,29 @@ def test_one_request_followed_from_front_to_router_to_rank(tree):
     assert not bad, bad[:3]
 
 
-def test_access_line_has_the_key_hash_never_the_key_and_stderr_gets_json(tree):
-    client = tree.client(api_key=KEY)
+def test_access_line_has_the_key_hash_never_the_key_and_stderr_gets_json(obs_tree):
+    client = obs_tree.client(api_key=KEY)
     chat(client, "access", max_tokens=4, extra_headers={"X-Request-ID": "access-1"})
-    r = tree.post("/v1/chat/completions", json={"model": "x", "messages": []},
+    r = obs_tree.post("/v1/chat/completions", json={"model": "x", "messages": []},
                   headers={"Authorization": f"Bearer {KEY}", "X-Request-ID": "access-bad"})
     assert r.status_code == 400 and r.headers["X-Request-ID"] == "access-bad"
-    tree.get("/admin/actors", headers={"Authorization": f"Bearer {ADMIN}"})
-    access = {e["request_id"]: e for e in tree.log("front") if e["event"] == "access"}
+    obs_tree.get("/admin/actors", headers={"Authorization": f"Bearer {ADMIN}"})
+    access = {e["request_id"]: e for e in obs_tree.log("front") if e["event"] == "access"}
     ok, bad = access["access-1"], access["access-bad"]
     assert ok["status"] == 200 and ok["endpoint"] == "/v1/chat/completions" and ok["completion_tokens"] >= 1
     assert ok["prompt_tokens"] > 0 and ok["duration_s"] > 0
     assert ok["key_sha256"] == hashlib.sha256(KEY.encode()).hexdigest()[:16]
     assert bad["status"] == 400 and bad["finish_reason"] == "error"
-    everything = tree.stderr() + "".join(p.read_text() for p in tree.log_dir.glob("*.jsonl"))
+    everything = obs_tree.stderr() + "".join(p.read_text() for p in obs_tree.log_dir.glob("*.jsonl"))
     assert KEY not in everything and ADMIN not in everything
-    stderr_access = [json.loads(line) for line in tree.stderr().splitlines()
+    stderr_access = [json.loads(line) for line in obs_tree.stderr().splitlines()
                      if line.startswith("{") and '"access-1"' in line and '"access"' in line]
     assert stderr_access and stderr_access[0]["actor"] == "front"
 
 
-def test_levels_per_actor_from_the_config(tree):
-    assert any(e["level"] == "debug" for e in tree.log("rank-0"))
-    assert not any(e["level"] == "debug" for e in tree.log("router") + tree.log("front"))
+def test_levels_per_actor_from_the_config(obs_tree):
+    assert any(e["level"] == "debug" for e in obs_tree.log("rank-0"))
+    assert not any(e["level"] == "debug" for e in obs_tree.log("router") + obs_tree.log("front"))
 
 
 def _capture(secrets: list[str]) -> tuple[logging.Logger, io.StringIO]:

@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from obs_tree import API_KEY
 from tree import Tree, chat, wait_for
 
 from gptoss.actors.telemetry import exposition
@@ -101,10 +102,8 @@ def test_alert_rules_pass_promtool_check_and_their_unit_tests():
 
 # ---- a live tree, scraped by a real Prometheus ----------------------------------------------------------
 @pytest.fixture(scope="module")
-def tree():
-    t = Tree("--ranks", "1").start()
-    yield t
-    assert t.stop() == 0
+def tree(obs_tree):
+    return obs_tree
 
 
 def _free_port() -> int:
@@ -142,7 +141,7 @@ def _query(url: str, expr: str) -> list:
 
 
 def _traffic(tree: Tree) -> None:
-    client = tree.client()
+    client = tree.client(api_key=API_KEY)
     for i in range(3):
         chat(client, f"hello {i}", max_tokens=8)
         for _ in chat(client, f"stream {i}", max_tokens=8, stream=True):
@@ -165,9 +164,11 @@ def test_metrics_text_passes_promtool_and_holds_the_llm_metrics(tree):
     assert s[f'gptoss_telemetry_up{{{lab}}}'] == 1.0
     for actor in ("front", "router", "rank-0", "telemetry", "cache", "memory_guard"):
         assert s[f'actor_up{{actor="{actor}",{lab}}}'] == 1.0
-    ok = f'llm_requests_total{{actor="front",endpoint="/v1/chat/completions",finish_reason="{{}}",{lab},status="200"}}'
-    assert s[ok.format("length")] + s.get(ok.format("stop"), 0) >= 7
-    assert s[ok.format("cached")] >= 1
+    def ok(finish: str) -> float:
+        return s.get(f'llm_requests_total{{actor="front",endpoint="/v1/chat/completions",finish_reason="{finish}",'
+                     f'{lab},status="200"}}', 0.0)
+
+    assert ok("length") + ok("stop") >= 7 and ok("cached") >= 1
     front_ttft = f'llm_time_to_first_token_seconds_count{{actor="front",{lab},rank="rank-0"}}'
     assert s[front_ttft] >= 9
     assert s[f'llm_request_queue_time_seconds_count{{actor="rank-0",{lab},rank="rank-0"}}'] >= 9
@@ -216,7 +217,8 @@ def test_a_real_prometheus_scrapes_the_tree_and_every_expression_evaluates(tree,
     empty = []
     for title, expr in _expressions():
         result = _query(prometheus, expr)  # asserts status success: no expression errors
-        if REQUEST_METRICS.search(expr) and not any(v["value"][1] not in ("NaN",) for v in result):
+        # (the 120b SLO rules select another model than the tiny one served here: no data is their right answer)
+        if REQUEST_METRICS.search(expr) and "120b" not in expr and not any(v["value"][1] != "NaN" for v in result):
             empty.append((title, expr))
     assert not empty, f"request expressions without data: {empty}"
     rules = httpx.get(prometheus + "/api/v1/rules", timeout=10).json()["data"]["groups"]

@@ -8,20 +8,16 @@ import time
 
 import openai
 import pytest
-from otlp_receiver import Receiver
-from tree import Tree, chat, wait_for
+from obs_tree import API_KEY, SAMPLE_RATIO
+from tree import chat, wait_for
 
 from gptoss.actors.telemetry.export import ExportWorker, exporter_from_env
 from gptoss.actors.telemetry.sampling import TailSampler
 
-RATIO = 0.5
-
 
 @pytest.fixture(scope="module")
-def receiver():
-    r = Receiver()
-    yield r
-    r.stop()
+def receiver(otlp_receiver):
+    return otlp_receiver
 
 
 def _span(tid: str, sid: str, parent: str | None, seconds: float = 0.01, status: int = 0, actor: str = "front",
@@ -113,12 +109,8 @@ def test_unreachable_collector_costs_only_dropped_spans(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def tree(receiver):
-    t = Tree("--ranks", "1", config={"telemetry": {"sample_ratio": RATIO}},
-             env={"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.grpc_port}",
-                  "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_SERVICE_NAME": "gptoss-e2e"}).start()
-    yield t
-    assert t.stop() == 0
+def tree(obs_tree):
+    return obs_tree
 
 
 def _root_of(spans: list[dict]) -> dict | None:
@@ -126,7 +118,7 @@ def _root_of(spans: list[dict]) -> dict | None:
 
 
 def test_one_trace_across_front_router_and_rank_with_a_sampled_share(tree, receiver):
-    client = tree.client()
+    client = tree.client(api_key=API_KEY)
     ids = [f"trace-test-{i}" for i in range(40)]
     for rid in ids:
         chat(client, "hello", max_tokens=4, extra_headers={"X-Request-ID": rid})
@@ -145,7 +137,7 @@ def test_one_trace_across_front_router_and_rank_with_a_sampled_share(tree, recei
             break
         last = n
     kept = ours()
-    assert 8 <= len(kept) <= 32, f"{len(kept)} of 40 kept at ratio {RATIO}"  # binomial(40, .5): 20 +- 3.2
+    assert 8 <= len(kept) <= 32, f"{len(kept)} of 40 kept at ratio {SAMPLE_RATIO}"  # binomial(40, .5): 20 +- 3.2
     for tid, spans in kept.items():
         wait_for(lambda: len(receiver.traces()[tid]) >= 6, 5, "every span of a kept trace")
         spans = receiver.traces()[tid]
@@ -170,7 +162,7 @@ def test_one_trace_across_front_router_and_rank_with_a_sampled_share(tree, recei
 
 
 def test_every_errored_trace_is_kept(tree, receiver):
-    client = tree.client()
+    client = tree.client(api_key=API_KEY)
     old = tree.pid("rank-0")
     stream = chat(client, "a long answer please", max_tokens=3000, stream=True,
                   extra_body={"ignore_eos": True}, extra_headers={"X-Request-ID": "trace-killed"})
@@ -188,4 +180,3 @@ def test_every_errored_trace_is_kept(tree, receiver):
 
     root = wait_for(errored, 15, "the errored trace at the receiver")
     assert root["status"] == 2 and root["attrs"]["error.type"] == "rank_died"
-    tree.wait_health(200, timeout=40, pred=lambda b: b["actors"]["rank-0"]["pid"] != old and tree.all_ready(b))

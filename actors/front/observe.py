@@ -20,7 +20,7 @@ import re
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from opentelemetry import trace
@@ -88,6 +88,8 @@ def middleware(front: Front):
             try:
                 resp = await handler(request)
                 status = resp.status
+                if not resp.prepared:  # a stream got it in add_request_id, when it was prepared
+                    resp.headers.setdefault("X-Request-ID", rec.id)
                 return resp
             except web.HTTPException as exc:
                 status = exc.status

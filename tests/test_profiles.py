@@ -42,4 +42,12 @@ def test_slo_follows_the_profile_and_the_model(monkeypatch):
     assert config.load()["slo"] == {"ttft_p95_s": 7, "e2e_s": 20}
     assert config.load(overrides={"model": "120b"})["slo"] == {"ttft_p95_s": 10, "e2e_s": 30}
     quality = config.load(overrides={"profile": "quality_first", "model": "20b"})
-    assert quality["slo"]["e2e_s"] == 40 and quality["memory"]["kv"]["critical"] == 0.9
+    assert quality["slo"]["e2e_s"] == 20 and quality["memory"]["kv"]["critical"] == 0.9
+
+
+def test_trace_sampling_and_stats_use_the_profiles_slo_unless_telemetry_names_one(monkeypatch):
+    from gptoss.actors.telemetry.actor import slo
+
+    monkeypatch.delenv("GPTOSS_API_KEY", raising=False)
+    assert slo(config.load(overrides={"model": "120b"})) == (10.0, 30.0)
+    assert slo(config.load(overrides={"telemetry": {"slo_e2e_s": 5}})) == (7.0, 5.0)

@@ -31,11 +31,10 @@ SPAN_FIELDS = 11  # ipc.tracing.to_wire
 
 
 def slo(cfg: dict[str, Any]) -> tuple[float, float]:
-    """(TTFT p95, end-to-end) targets in seconds: the config's, else the model's (120b: 10 s / 30 s, the
-    rest 20b's 7 s / 20 s)."""
-    t = cfg.get("telemetry", {})
-    big = "120b" in str(cfg.get("model", ""))
-    return float(t.get("slo_ttft_s") or (10.0 if big else 7.0)), float(t.get("slo_e2e_s") or (30.0 if big else 20.0))
+    """(TTFT p95, end-to-end) targets in seconds: telemetry.slo_* when set, else the active profile's for the
+    served model (cfg["slo"], resolved by supervisor/config.py: 120b 10 s / 30 s, the rest 20b's 7 s / 20 s)."""
+    t, profile = cfg.get("telemetry", {}), cfg["slo"]
+    return float(t.get("slo_ttft_s") or profile["ttft_p95_s"]), float(t.get("slo_e2e_s") or profile["e2e_s"])
 
 
 class Telemetry(Actor):

@@ -168,21 +168,31 @@ class Actor:
     async def serve(self, sock: zmq.asyncio.Socket, where: str, handlers: dict[str, Callable[..., None]],
                     routed: bool = False) -> None:
         """Receive forever on one socket and dispatch by message type (handlers get `(ident, msg)` on a
-        ROUTER, `(msg)` otherwise). Malformed frames and types this socket does not take are counted and
-        dropped: no peer can crash an actor by what it sends."""
+        ROUTER, `(msg)` otherwise). This is every actor's one receive loop, and nothing a peer sends ends it:
+        malformed frames and types this socket does not take are counted and dropped, and a handler that
+        raises is logged with the message type and sender, counted, and its message dropped."""
         while True:
             got = await sockets.recv(sock, routed=routed, where=where)
-            if got is None or got[1].type not in handlers:
-                if got is not None:
-                    log.warning("unexpected message type", extra={"event": "bad_type", "where": where,
-                                                                   "type": got[1].type})
+            if got is None:
                 self.count("bad_frames_total")
                 continue
             ident, m = got
-            if routed:
-                handlers[m.type](ident, m)
-            else:
-                handlers[m.type](m)
+            handler = handlers.get(m.type)
+            if handler is None:
+                log.warning("unexpected message type", extra={"event": "bad_type", "where": where, "type": m.type,
+                                                               "src": m.src})
+                self.count("bad_frames_total")
+                continue
+            try:
+                if routed:
+                    handler(ident, m)
+                else:
+                    handler(m)
+            except Exception:  # noqa: BLE001 - one message's failure, whatever it is, must not end the loop
+                self.count("handler_errors_total")
+                log.exception("handler failed; message dropped", extra={
+                    "event": "handler_error", "where": where, "type": m.type, "src": m.src,
+                    "peer": ident.decode(errors="replace") if ident is not None else None})
 
     def _on_ping(self, m: messages.Message) -> None:
         self._last_ping = time.monotonic()

@@ -140,7 +140,13 @@ class Router(Actor):
         self._forget(m.body["req_id"])
 
     def _load(self, ident: bytes, m: Message) -> None:
-        self.reported[m.body["rank"]] = m.body
+        # Keyed by the socket identity we route to, and only for ranks the supervisor runs: a peer cannot
+        # grow this table or report for a rank under another name.
+        name = ident.decode(errors="replace")
+        if name not in self.rank_states():
+            self.count("unknown_peer_total")
+            return
+        self.reported[name] = m.body
 
     def _pressure(self, m: Message) -> None:
         self.pressure = m.body

@@ -2,13 +2,15 @@
 
 A frame is a msgpack map, the versioned envelope:
     {"v": 1, "t": type, "id": str, "src": actor, "ts": unix time, "tc": trace context map, "b": body map}
-`decode` validates the whole frame (size, version, type, body field types) before anyone sees it, so an
-actor can treat any `MessageError` as "log and drop" and keep serving. msgpack never executes anything on
+`decode` validates the whole frame (size, version, type, body field types, and the ranges of the values that
+could hurt a receiver: non-finite floats, counts that allocate, ids outside what a tensor holds) before
+anyone sees it, so an actor can treat any `MessageError` as "log and drop" and keep serving. msgpack never executes anything on
 decode (unlike pickle), and we turn off ext types and cap container sizes so a hostile frame cannot blow up
 memory.
 """
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -165,6 +167,138 @@ def _check_body(mtype: str, body: dict[str, Any]) -> None:
         # bool is an int subclass: an int field must not accept True/False silently.
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
             raise MessageError(f"{mtype}: body field {name!r} has type {type(value).__name__}")
+    check = RANGES.get(mtype)
+    if check is not None:
+        try:
+            check(body)
+        except MessageError as exc:
+            raise MessageError(f"{mtype}: {exc}") from None
+
+
+# ---- ranges: a value of the right type can still hurt (inf in a sampler, 2**63 as a tensor index, a map
+# that allocates without bound). One check per type that carries such values; the hot path (`tokens`) only
+# gets its length checked here, the front checks each item alone so a bad one costs only itself.
+MAX_IDS = 1 << 18            # prompt ids of one request (a 256k context); the frame limit binds first in practice
+MAX_TOKEN_ID = (1 << 31) - 1  # token ids index an int32-sized vocabulary
+MAX_ITEMS = 4096             # items of one tokens message (one per running request of a rank)
+MAX_METRICS = 4096           # entries of a counters or gauges map
+MAX_LOAD_BYTES = 64 << 10    # a pong's load map, republished to every actor in each tree state
+MAX_COUNT = 1 << 53          # counts in load reports and ids in sequence numbers: exact in a float
+MAX_DEPTH = 32               # nesting of an opaque value (a cached response) that is JSON-encoded later
+
+
+def _number(v: Any, name: str, lo: float, hi: float, integer: bool = False) -> None:
+    ok = isinstance(v, int) if integer else isinstance(v, (int, float))
+    if not ok or isinstance(v, bool) or not (math.isfinite(v) and lo <= v <= hi):
+        raise MessageError(f"{name}={v!r} is not {'an integer' if integer else 'a number'} in [{lo}, {hi}]")
+
+
+def _opt(params: dict[str, Any], name: str, lo: float, hi: float, integer: bool = False) -> None:
+    if params.get(name) is not None:
+        _number(params[name], f"params.{name}", lo, hi, integer)
+
+
+def _ids(v: Any, name: str, most: int) -> None:
+    if not isinstance(v, list) or len(v) > most or not all(
+            type(t) is int and 0 <= t <= MAX_TOKEN_ID for t in v):
+        raise MessageError(f"{name} must be at most {most} token ids in [0, {MAX_TOKEN_ID}]")
+
+
+def _generate(b: dict[str, Any]) -> None:
+    if not b["prompt_ids"]:
+        raise MessageError("prompt_ids is empty")
+    _ids(b["prompt_ids"], "prompt_ids", MAX_IDS)
+    p = b["params"]
+    _opt(p, "max_tokens", 1, MAX_IDS, integer=True)
+    _opt(p, "temperature", 0, 100)
+    _opt(p, "top_p", 0, 1)
+    _opt(p, "top_k", 0, MAX_TOKEN_ID, integer=True)
+    _opt(p, "seed", -(1 << 63), (1 << 64) - 1, integer=True)
+    _opt(p, "frequency_penalty", -2, 2)
+    _opt(p, "presence_penalty", -2, 2)
+    _opt(p, "logprobs", 0, 20, integer=True)
+    if p.get("stop_token_ids") is not None:
+        _ids(p["stop_token_ids"], "params.stop_token_ids", 1024)
+    if p.get("ignore_eos") is not None and not isinstance(p["ignore_eos"], bool):
+        raise MessageError("params.ignore_eos must be a boolean")
+
+
+def _status(b: dict[str, Any]) -> None:
+    _number(b["status"], "status", 400, 599, integer=True)
+
+
+def _load(b: dict[str, Any]) -> None:
+    for name in ("running", "waiting", "kv_blocks_used", "kv_blocks_total"):
+        _number(b[name], name, 0, MAX_COUNT, integer=True)
+    _number(b["tokens_per_s"], "tokens_per_s", 0, MAX_COUNT)
+
+
+def _numbers(v: dict[str, Any], name: str) -> None:
+    """A metrics map: names to numbers (NaN allowed: Prometheus has it), bounded in size."""
+    if len(v) > MAX_METRICS or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v.values()):
+        raise MessageError(f"{name} must map at most {MAX_METRICS} names to numbers")
+
+
+def _json_safe(v: Any, depth: int = 0) -> None:
+    """An opaque value that will be JSON-encoded (orjson): no bytes, no non-finite floats, bounded nesting."""
+    if depth > MAX_DEPTH:
+        raise MessageError(f"value nested deeper than {MAX_DEPTH}")
+    if isinstance(v, dict):
+        for k, x in v.items():
+            if not isinstance(k, str):
+                raise MessageError("value has a non-string key")
+            _json_safe(x, depth + 1)
+    elif isinstance(v, list):
+        for x in v:
+            _json_safe(x, depth + 1)
+    elif isinstance(v, float):
+        if not math.isfinite(v):
+            raise MessageError("value holds a non-finite float")
+    elif isinstance(v, int) and not isinstance(v, bool):
+        if not -(1 << 63) <= v < (1 << 64):
+            raise MessageError("value holds an integer beyond 64 bits")
+    elif not isinstance(v, (str, bool, type(None))):
+        raise MessageError(f"value holds a {type(v).__name__}")
+
+
+def _ping(b: dict[str, Any]) -> None:
+    _number(b["seq"], "seq", 0, MAX_COUNT, integer=True)
+
+
+def _pressure(b: dict[str, Any]) -> None:
+    _number(b["host_used_frac"], "host_used_frac", 0, 1)
+
+
+def _tokens(b: dict[str, Any]) -> None:
+    if len(b["items"]) > MAX_ITEMS:
+        raise MessageError(f"more than {MAX_ITEMS} items")
+
+
+def _metrics(b: dict[str, Any]) -> None:
+    _numbers(b["counters"], "counters")
+    _numbers(b["gauges"], "gauges")
+
+
+def _pong(b: dict[str, Any]) -> None:
+    _ping(b)
+    _json_safe(b["load"])
+    if len(msgpack.packb(b["load"])) > MAX_LOAD_BYTES:
+        raise MessageError(f"load map over {MAX_LOAD_BYTES} bytes")
+
+
+RANGES: dict[str, Any] = {
+    "generate": _generate,
+    "reject": _status,
+    "failed": _status,
+    "load": _load,
+    "ping": _ping,
+    "pong": _pong,
+    "pressure": _pressure,
+    "tokens": _tokens,
+    "metrics": _metrics,
+    "cache_put": lambda b: _json_safe(b["value"]),
+    "cache_rep": lambda b: _json_safe(b["value"]),
+}
 
 
 _MISSING = object()

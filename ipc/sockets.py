@@ -39,8 +39,10 @@ def socket(ctx: zmq.asyncio.Context, kind: int, identity: str | None = None) -> 
     if kind == zmq.ROUTER:
         # Sending to a peer that is gone raises instead of vanishing silently, so we can fail the request.
         sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        # A restarted actor reconnects with its old identity; it must take the route over from the dead one.
-        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        # No ROUTER_HANDOVER: with it, any peer that connects under a live actor's identity takes the route and
+        # the real actor's connection is left dead for good (ZeroMQ never reconnects it). Without it, a second
+        # peer under a taken identity is ignored. A restarted actor needs no hand-over: its predecessor's ipc
+        # connection closed when that process exited, before the supervisor started the new one.
     return sock
 
 

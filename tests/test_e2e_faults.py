@@ -7,13 +7,16 @@ import signal
 import socket
 import threading
 import time
+from pathlib import Path
 
+import msgpack
 import openai
 import pytest
 import zmq
 from tree import Tree, chat
 
 from gptoss.ipc import endpoints
+from gptoss.models.loader import load_tokenizer
 from gptoss.ipc.messages import encode, make
 
 
@@ -102,6 +105,11 @@ def test_hung_actor_is_killed_and_restarted(tree):
     assert "heartbeat_timeout" in events
 
 
+# The identity each DEALER socket's legitimate peer has, which an intruder claims: the ROUTER must keep
+# serving the real peer (no hand-over of its route to whoever connects last under its name).
+REAL_IDENTITY = {"sup": b"rank-0", "router": b"front", "ranks": b"rank-0", "cache": b"front"}
+
+
 def _garbage_frames() -> list[list[bytes]]:
     return [[b"\x00\xff garbage"], [b""], [os.urandom(64)], [b"\x81\xa1v\x02"], [b"a", b"b", b"c"],
             [b"\xde\xad\xbe\xef" * 1000]]
@@ -119,7 +127,7 @@ def test_garbage_on_every_socket_leaves_everyone_serving(tree):
             s.setsockopt(zmq.LINGER, 0)
             if kind == zmq.DEALER:
                 # a peer claiming a real actor's identity must not break it either
-                s.setsockopt(zmq.IDENTITY, b"intruder-" + name.encode())
+                s.setsockopt(zmq.IDENTITY, REAL_IDENTITY[name])
             s.connect(endpoints.endpoint(tree.run_dir, name))
             time.sleep(0.05)
             frames_list = _garbage_frames()
@@ -145,6 +153,90 @@ def test_garbage_on_every_socket_leaves_everyone_serving(tree):
     assert {n: a["pid"] for n, a in tree.actors().items()} == pids, "no actor may die of garbage"
     assert tree.all_ready(tree.health()[1])
     assert chat(tree.client()).choices[0].finish_reason in ("stop", "length")
+    stream = chat(tree.client(), max_tokens=8, stream=True)
+    assert [c for c in stream if c.choices and c.choices[0].finish_reason]
+
+
+def _hostile(vocab: int) -> dict[str, list]:
+    """Schema-valid messages with values that would hurt the receiver, per socket, each from a peer that
+    claims a real actor's identity (the envelope's src too)."""
+    gen = {"req_id": "req-hostile", "prompt_ids": [1, 2, 3]}
+    load = {"rank": "rank-0", "running": 0, "waiting": 0, "draining": False, "kv_blocks_used": 0,
+            "kv_blocks_total": 64, "tokens_per_s": 0.0}
+    nested: list = [1]
+    for _ in range(60):
+        nested = [nested]
+    return {
+        "router": [_raw("generate", "front", params={"logprobs": float("inf")}, **gen),
+                   _raw("generate", "front", params={"temperature": float("nan")}, **gen),
+                   _raw("generate", "front", params={"max_tokens": 2**62}, **gen),
+                   _raw("generate", "front", req_id="req-hostile", prompt_ids=[2**40], params={}),
+                   _raw("generate", "front", req_id="req-hostile", prompt_ids=[vocab + 7], params={}),
+                   _raw("abort", "front", req_id="req-never-sent")],
+        "ranks": [_raw("load", "rank-0", **{**load, "running": -1}),
+                  _raw("load", "rank-0", **{**load, "tokens_per_s": float("inf")}),
+                  _raw("load", "rank-0", **{**load, "rank": "rank-777"}),
+                  _raw("finished", "rank-0", req_id="req-never-sent")],
+        "tokens": [_raw("failed", "rank-0", req_id="req-never-sent", status=2**40, message="m", code="c"),
+                   _raw("tokens", "rank-0", items=[["req-never-sent", [1], None]] * 5000)],
+        "telemetry": [_raw("metrics", "front", counters={"requests_total": "many"}, gauges={}),
+                      _raw("metrics", "front", counters={}, gauges={f"g{i}": 1.0 for i in range(5000)})],
+        "cache": [_raw("cache_put", "front", key="k1", value={"b": b"\x00bytes"}),
+                  _raw("cache_put", "front", key="k2", value={"n": nested}),
+                  _raw("cache_put", "front", key="k3", value={"f": float("nan")})],
+        "sup": [_raw("pong", "rank-0", seq=-1, load={}),
+                _raw("pong", "rank-0", seq=1, load={"running": float("nan")}),
+                _raw("ctl", "front", op="no-such-op", args={"name": 5})],
+    }
+
+
+def _raw(mtype: str, src: str, **body) -> bytes:
+    """A frame packed without the codec's checks, as a hostile or buggy peer would."""
+    return msgpack.packb({"v": 1, "t": mtype, "id": "hostile", "src": src, "ts": time.time(), "tc": {}, "b": body},
+                         use_bin_type=True)
+
+
+def test_hostile_values_from_real_identities_leave_everyone_serving(tree):
+    """Every message decodes as its type but carries a value that would have raised in its receiver (an
+    OverflowError in the rank's sampler, an orjson error in the cache, ...). Each is refused on receipt,
+    logged where it came in, and nobody dies; the real peers take their identities back and serve."""
+    pids = {n: a["pid"] for n, a in tree.actors().items()}
+    vocab = len(load_tokenizer(Path(json.loads((tree.run_dir / "config.json").read_text())["model_path"])))
+    hostile = _hostile(vocab)
+    kinds = {"sup": zmq.DEALER, "router": zmq.DEALER, "ranks": zmq.DEALER, "tokens": zmq.PUSH,
+             "telemetry": zmq.PUSH, "cache": zmq.DEALER}
+    ctx = zmq.Context()
+    try:
+        # once under the real peer's socket identity (which must not take its route), once under a fresh one
+        # (which reaches the receiver's decode); the envelope's src claims the real actor both times
+        for claim in (True, False):
+            for name, msgs in hostile.items():
+                s = ctx.socket(kinds[name])
+                s.setsockopt(zmq.LINGER, 0)
+                if claim and name in REAL_IDENTITY:
+                    s.setsockopt(zmq.IDENTITY, REAL_IDENTITY[name])
+                s.connect(endpoints.endpoint(tree.run_dir, name))
+                time.sleep(0.05)
+                for msg in msgs:
+                    s.send(msg)
+                time.sleep(0.2)
+                s.close()
+    finally:
+        ctx.destroy(linger=0)
+    time.sleep(1.5)
+    assert {n: a["pid"] for n, a in tree.actors().items()} == pids, "no actor may die of a hostile value"
+    # each receiver saw its hostile messages and refused them by name (not lost on the way)
+    where = {"router": ("router", "router"), "ranks": ("router", "ranks"), "tokens": ("front", "tokens"),
+             "telemetry": ("telemetry", "telemetry"), "cache": ("cache", "cache"), "sup": ("supervisor", "sup")}
+    for sock, (actor, w) in where.items():
+        refused = [e for e in tree.log(actor) if e.get("event") == "bad_frame" and e.get("where") == w
+                   and "garbage" not in e.get("error", "") and "undecodable" not in e.get("error", "")]
+        assert refused, f"{actor} logged no refusal on {w}"
+    # the rank-777 report from rank-0's identity was not kept under a name the supervisor does not run
+    reports = tree.ctl("bundle")["actors"]["router"]["rank_reports"]
+    assert set(reports) <= {"rank-0"}
+    tree.wait_health(200, timeout=10, pred=tree.all_ready)
+    assert chat(tree.client(), "after the intruders").choices[0].finish_reason in ("stop", "length")
     stream = chat(tree.client(), max_tokens=8, stream=True)
     assert [c for c in stream if c.choices and c.choices[0].finish_reason]
 

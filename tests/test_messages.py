@@ -42,8 +42,13 @@ _KV = {"kv_blocks_used": 0, "kv_blocks_total": 64, "tokens_per_s": 0.0}
 _CANDIDATES = [True, False, 3, 2.5, "s", b"bytes", {"a": 1}, [1], None]
 
 
+# Fields whose sample must also be in range (ipc.messages.RANGES).
+_IN_RANGE = {"failed": {"status": 500}, "reject": {"status": 429}, "pressure": {"host_used_frac": 0.5},
+             "metrics": {"counters": {"requests_total": 3}, "gauges": {"rss_bytes": 1.5e8}}}
+
+
 def _valid_body(mtype: str) -> dict:
-    return {name: _SAMPLE[types[0]] for name, types in SCHEMAS[mtype].items()}
+    return {**{name: _SAMPLE[types[0]] for name, types in SCHEMAS[mtype].items()}, **_IN_RANGE.get(mtype, {})}
 
 
 def _accepted(value, types) -> bool:
@@ -124,6 +129,70 @@ def test_decode_accepts_an_int_timestamp_as_float():
     assert out.ts == 1700000000.0 and isinstance(out.ts, float)
 
 
+# ---- ranges: schema-valid values that would hurt the receiver --------------------------------------------
+
+_GEN = {"req_id": "r", "prompt_ids": [1, 2]}
+
+
+def _nested(depth: int) -> list:
+    v: list = [1]
+    for _ in range(depth):
+        v = [v]
+    return v
+
+_LOAD = {"rank": "rank-0", "running": 1, "waiting": 0, "draining": False, **_KV}
+
+
+@pytest.mark.parametrize("mtype,body,match", [
+    ("generate", {**_GEN, "params": {"logprobs": float("inf")}}, "logprobs"),
+    ("generate", {**_GEN, "params": {"logprobs": 21}}, "logprobs"),
+    ("generate", {**_GEN, "params": {"temperature": float("nan")}}, "temperature"),
+    ("generate", {**_GEN, "params": {"temperature": float("inf")}}, "temperature"),
+    ("generate", {**_GEN, "params": {"top_p": -0.5}}, "top_p"),
+    ("generate", {**_GEN, "params": {"frequency_penalty": 1e308 * 10}}, "frequency_penalty"),
+    ("generate", {**_GEN, "params": {"max_tokens": 2**62}}, "max_tokens"),
+    ("generate", {**_GEN, "params": {"max_tokens": True}}, "max_tokens"),
+    ("generate", {**_GEN, "params": {"top_k": -1}}, "top_k"),
+    ("generate", {**_GEN, "params": {"seed": 2.5}}, "seed"),
+    ("generate", {**_GEN, "params": {"stop_token_ids": [-1]}}, "stop_token_ids"),
+    ("generate", {**_GEN, "params": {"stop_token_ids": list(range(2000))}}, "stop_token_ids"),
+    ("generate", {**_GEN, "params": {"ignore_eos": "yes"}}, "ignore_eos"),
+    ("generate", {"req_id": "r", "prompt_ids": [], "params": {}}, "empty"),
+    ("generate", {"req_id": "r", "prompt_ids": [2**40], "params": {}}, "prompt_ids"),
+    ("generate", {"req_id": "r", "prompt_ids": [1, "2"], "params": {}}, "prompt_ids"),
+    ("generate", {"req_id": "r", "prompt_ids": [1, 2.0], "params": {}}, "prompt_ids"),
+    ("load", {**_LOAD, "running": -1}, "running"),
+    ("load", {**_LOAD, "kv_blocks_total": 2**60}, "kv_blocks_total"),
+    ("load", {**_LOAD, "tokens_per_s": float("nan")}, "tokens_per_s"),
+    ("reject", {"req_id": "r", "status": 200, "message": "m", "code": "c"}, "status"),
+    ("failed", {"req_id": "r", "status": 2**63, "message": "m", "code": "c"}, "status"),
+    ("ping", {"seq": -5}, "seq"),
+    ("pong", {"seq": 1, "load": {"x": float("nan")}}, "non-finite"),
+    ("pong", {"seq": 1, "load": {"x": "y" * (70 << 10)}}, "load map"),
+    ("pressure", {"level": "ok", "host_used_frac": float("inf")}, "host_used_frac"),
+    ("tokens", {"items": [["r", [1], None]] * 5000}, "items"),
+    ("metrics", {"counters": {"a": "x"}, "gauges": {}}, "counters"),
+    ("metrics", {"counters": {}, "gauges": {f"g{i}": 1 for i in range(5000)}}, "gauges"),
+    ("cache_put", {"key": "k", "value": {"b": b"bytes"}}, "bytes"),
+    ("cache_put", {"key": "k", "value": {"f": float("nan")}}, "non-finite"),
+    ("cache_put", {"key": "k", "value": {"x": _nested(40)}}, "nested"),
+    ("cache_rep", {"key": "k", "hit": True, "value": {"b": b"bytes"}}, "bytes"),
+])
+def test_out_of_range_values_are_rejected_on_decode_and_make(mtype, body, match):
+    _rejects(_pack(_envelope(t=mtype, b=body)), match)
+    with pytest.raises(MessageError, match=match):
+        make(mtype, "front", **body)
+
+
+def test_in_range_edge_values_pass():
+    for params in ({"logprobs": 20, "top_p": 1, "temperature": 0, "seed": -(2**63), "max_tokens": 1,
+                    "stop_token_ids": [0, 2**31 - 1], "frequency_penalty": -2, "presence_penalty": 2},
+                   {"seed": 2**64 - 1, "logprobs": None, "top_k": None}):
+        decode(encode(make("generate", "front", req_id="r", prompt_ids=[0, 2**31 - 1], params=params)))
+    decode(encode(make("metrics", "front", counters={"a": 1}, gauges={"b": float("nan")})))  # Prometheus has NaN
+    decode(encode(make("pong", "rank-0", seq=1, load={"running": 1, "gpu": {"0": {"free": 2.5e9}}})))
+
+
 # ---- garbage ----------------------------------------------------------------------------------------------
 
 def test_random_garbage_is_rejected():
@@ -134,7 +203,7 @@ def test_random_garbage_is_rejected():
 
 
 def test_every_truncation_of_a_valid_frame_is_rejected():
-    frame = encode(make("generate", "front", req_id="r-1", prompt_ids=[1, 300, 70000, 2**33],
+    frame = encode(make("generate", "front", req_id="r-1", prompt_ids=[1, 300, 70000, 2**31 - 1],
                         params={"temperature": 0.5, "stop": ["x"]}))
     decode(frame)  # the whole frame is fine
     for n in range(len(frame)):
@@ -325,7 +394,7 @@ def test_oversized_garbage_is_rejected_before_parsing():
 
 def test_oversized_generate_cannot_be_encoded():
     with pytest.raises(MessageError, match="exceeds"):
-        encode(make("generate", "front", req_id="r", prompt_ids=[2**31] * (MAX_FRAME_BYTES // 5 + 10), params={}))
+        encode(make("generate", "front", req_id="r", prompt_ids=[1], params={"pad": "x" * MAX_FRAME_BYTES}))
 
 
 def test_declared_length_beyond_the_frame_is_rejected():

@@ -70,7 +70,9 @@ class Front(Actor):
         log.info("listening", extra={"event": "listening", "host": http["host"], "port": http["port"]})
 
     def tasks(self) -> list[Awaitable[Any]]:
-        return [self._from_router(), self._from_ranks(), self._from_cache(),
+        return [self.serve(self.router, "router", {"routed": self._routed, "reject": self._error}),
+                self.serve(self.tokens, "tokens", {"tokens": self._tokens, "failed": self._error}),
+                self.serve(self.cache, "cache", {"cache_rep": self._cache_rep, "store_rep": self._cache_rep}),
                 self.serve(self.memory, "memory", {"pressure": self._on_pressure}), self.telemetry_link.run()]
 
     def load(self) -> dict[str, Any]:
@@ -113,38 +115,18 @@ class Front(Actor):
     def _send_abort(self, req_id: str) -> None:
         sockets.send_nowait(self.router, self.msg("abort", req_id=req_id))
 
-    async def _from_router(self) -> None:
-        while True:
-            got = await sockets.recv(self.router, routed=False, where="router")
-            if got is None:
-                self.count("bad_frames_total")
-                continue
-            m = got[1]
-            if m.type == "routed":
-                self.streams.on_routed(m.body["req_id"], m.body["rank"])
-            elif m.type == "reject":
-                b = m.body
-                retry_after = b.get("retry_after")
-                self.streams.on_error(b["req_id"], b["status"], b["message"], b["code"],
-                                      retry_after if isinstance(retry_after, int) else None)
-            else:
-                self.count("bad_frames_total")
+    def _routed(self, m: Message) -> None:
+        self.streams.on_routed(m.body["req_id"], m.body["rank"])
 
-    async def _from_ranks(self) -> None:
-        while True:
-            got = await sockets.recv(self.tokens, routed=False, where="tokens")
-            if got is None:
-                self.count("bad_frames_total")
-                continue
-            m = got[1]
-            if m.type == "tokens":
-                for item in m.body["items"]:
-                    self._on_item(item)
-            elif m.type == "failed":
-                b = m.body
-                self.streams.on_error(b["req_id"], b["status"], b["message"], b["code"])
-            else:
-                self.count("bad_frames_total")
+    def _error(self, m: Message) -> None:
+        b = m.body
+        retry_after = b.get("retry_after")
+        self.streams.on_error(b["req_id"], b["status"], b["message"], b["code"],
+                              retry_after if isinstance(retry_after, int) else None)
+
+    def _tokens(self, m: Message) -> None:
+        for item in m.body["items"]:
+            self._on_item(item)
 
     def _on_item(self, item: Any) -> None:
         """One request's share of a rank's tokens message: [req_id, ids, finish] (+ logprobs). The codec checked
@@ -186,14 +168,10 @@ class Front(Actor):
         finally:
             self._cache_waits.pop(m.id, None)
 
-    async def _from_cache(self) -> None:
-        while True:
-            got = await sockets.recv(self.cache, routed=False, where="cache")
-            if got is None or got[1].type not in ("cache_rep", "store_rep"):
-                continue
-            fut = self._cache_waits.get(got[1].id)
-            if fut is not None and not fut.done():
-                fut.set_result(got[1].body)
+    def _cache_rep(self, m: Message) -> None:
+        fut = self._cache_waits.get(m.id)
+        if fut is not None and not fut.done():
+            fut.set_result(m.body)
 
 
 def _logprobs(req_id: str, ids: list[int], lps: Any) -> list | None:

@@ -123,7 +123,7 @@ class Rank(Actor):
             self.engine.add(req_id, prompt, params)
         except QueueFull as exc:
             return self._fail(req_id, 429, str(exc), "queue_full")
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, OverflowError) as exc:
             return self._fail(req_id, 400, str(exc), "invalid_request")
         self.owned.add(req_id)
         self.timings.admitted(m, params.max_tokens)

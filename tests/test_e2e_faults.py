@@ -232,6 +232,8 @@ def test_hostile_values_from_real_identities_leave_everyone_serving(tree):
         refused = [e for e in tree.log(actor) if e.get("event") == "bad_frame" and e.get("where") == w
                    and "garbage" not in e.get("error", "") and "undecodable" not in e.get("error", "")]
         assert refused, f"{actor} logged no refusal on {w}"
+    # the out-of-vocabulary prompt was refused at admission, not left to fail an engine step
+    assert not [e for e in tree.log("rank-0") if e.get("event") == "step_failed"]
     # the rank-777 report from rank-0's identity was not kept under a name the supervisor does not run
     reports = tree.ctl("bundle")["actors"]["router"]["rank_reports"]
     assert set(reports) <= {"rank-0"}

@@ -58,6 +58,7 @@ class Rank(Actor):
         self.engine, self.group, dtype = await build_engine(self.cfg)
         self.default_max_tokens = int(self.cfg["engine"]["default_max_tokens"])
         self.device = str(self.engine.device)
+        self.vocab_size = int(self.engine.runner.model.config.vocab_size)
         log.info("model loaded", extra={"event": "model_loaded", "device": self.device, "dtype": str(dtype),
                                         "seconds": round(time.monotonic() - started, 2),
                                         "kv_blocks": self.engine.blocks.num_blocks,
@@ -120,6 +121,8 @@ class Rank(Actor):
         try:
             params = SamplingParams.from_wire(m.body["params"], self.default_max_tokens)
             prompt = [int(t) for t in m.body["prompt_ids"]]
+            if max(prompt) >= self.vocab_size:  # an embedding lookup past the table fails the whole step
+                raise ValueError(f"prompt holds token id {max(prompt)}, outside the vocabulary of {self.vocab_size}")
             self.engine.add(req_id, prompt, params)
         except QueueFull as exc:
             return self._fail(req_id, 429, str(exc), "queue_full")

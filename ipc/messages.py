@@ -181,7 +181,7 @@ def _check_body(mtype: str, body: dict[str, Any]) -> None:
 MAX_IDS = 1 << 18            # prompt ids of one request (a 256k context); the frame limit binds first in practice
 MAX_TOKEN_ID = (1 << 31) - 1  # token ids index an int32-sized vocabulary
 MAX_ITEMS = 4096             # items of one tokens message (one per running request of a rank)
-MAX_METRICS = 4096           # entries of a counters or gauges map
+MAX_METRICS = 10_000         # entries of a counters or gauges map
 MAX_LOAD_BYTES = 64 << 10    # a pong's load map, republished to every actor in each tree state
 MAX_COUNT = 1 << 53          # counts in load reports and ids in sequence numbers: exact in a float
 MAX_DEPTH = 32               # nesting of an opaque value (a cached response) that is JSON-encoded later

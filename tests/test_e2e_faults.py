@@ -180,7 +180,7 @@ def _hostile(vocab: int) -> dict[str, list]:
         "tokens": [_raw("failed", "rank-0", req_id="req-never-sent", status=2**40, message="m", code="c"),
                    _raw("tokens", "rank-0", items=[["req-never-sent", [1], None]] * 5000)],
         "telemetry": [_raw("metrics", "front", counters={"requests_total": "many"}, gauges={}),
-                      _raw("metrics", "front", counters={}, gauges={f"g{i}": 1.0 for i in range(5000)})],
+                      _raw("metrics", "front", counters={}, gauges={f"g{i}": 1.0 for i in range(10_001)})],
         "cache": [_raw("cache_put", "front", key="k1", value={"b": b"\x00bytes"}),
                   _raw("cache_put", "front", key="k2", value={"n": nested}),
                   _raw("cache_put", "front", key="k3", value={"f": float("nan")})],

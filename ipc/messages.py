@@ -286,7 +286,15 @@ def _pong(b: dict[str, Any]) -> None:
         raise MessageError(f"load map over {MAX_LOAD_BYTES} bytes")
 
 
+def _session_use(b: dict[str, Any]) -> None:
+    if len(b["session"]) > 512:  # the front's own bound on a session id
+        raise MessageError("session id longer than 512")
+    _number(b["tokens"], "tokens", 0, MAX_COUNT, integer=True)
+    _number(b["active"], "active", 0, MAX_COUNT, integer=True)
+
+
 RANGES: dict[str, Any] = {
+    "session_use": _session_use,
     "generate": _generate,
     "reject": _status,
     "failed": _status,

@@ -107,7 +107,11 @@ def test_hung_actor_is_killed_and_restarted(tree):
 
 # The identity each DEALER socket's legitimate peer has, which an intruder claims: the ROUTER must keep
 # serving the real peer (no hand-over of its route to whoever connects last under its name).
-REAL_IDENTITY = {"sup": b"rank-0", "router": b"front", "ranks": b"rank-0", "cache": b"front"}
+REAL_IDENTITY = {"sup": b"rank-0", "router": b"front", "ranks": b"rank-0", "cache": b"front",
+                 "telemetry_q": b"front"}
+# The sockets a peer can send on (the other two are PUBs) and the kind of socket that talks to each.
+KINDS = {"sup": zmq.DEALER, "router": zmq.DEALER, "ranks": zmq.DEALER, "tokens": zmq.PUSH, "telemetry": zmq.PUSH,
+         "telemetry_q": zmq.DEALER, "sessions": zmq.PUSH, "cache": zmq.DEALER}
 
 
 def _garbage_frames() -> list[list[bytes]]:
@@ -118,8 +122,7 @@ def _garbage_frames() -> list[list[bytes]]:
 def test_garbage_on_every_socket_leaves_everyone_serving(tree):
     pids = {n: a["pid"] for n, a in tree.actors().items()}
     ctx = zmq.Context()
-    kinds = {"sup": zmq.DEALER, "router": zmq.DEALER, "ranks": zmq.DEALER, "tokens": zmq.PUSH,
-             "telemetry": zmq.PUSH, "cache": zmq.DEALER, "pub": zmq.SUB, "memory": zmq.SUB}
+    kinds = {**KINDS, "pub": zmq.SUB, "memory": zmq.SUB}
     assert set(kinds) == set(endpoints.SOCKETS), "every bound socket is covered"
     try:
         for name, kind in kinds.items():
@@ -184,6 +187,10 @@ def _hostile(vocab: int) -> dict[str, list]:
         "cache": [_raw("cache_put", "front", key="k1", value={"b": b"\x00bytes"}),
                   _raw("cache_put", "front", key="k2", value={"n": nested}),
                   _raw("cache_put", "front", key="k3", value={"f": float("nan")})],
+        "telemetry_q": [_raw("scrape", "front", extra=float("nan")),
+                        _raw("scrape_rep", "front", text="x", sources={})],
+        "sessions": [_raw("session_use", "front", session="s" * 100_000, rank="rank-0", tokens=1, active=1),
+                     _raw("session_use", "front", session="s", rank="rank-0", tokens=-5, active=2**62)],
         "sup": [_raw("pong", "rank-0", seq=-1, load={}),
                 _raw("pong", "rank-0", seq=1, load={"running": float("nan")}),
                 _raw("ctl", "front", op="no-such-op", args={"name": 5})],
@@ -203,8 +210,8 @@ def test_hostile_values_from_real_identities_leave_everyone_serving(tree):
     pids = {n: a["pid"] for n, a in tree.actors().items()}
     vocab = len(load_tokenizer(Path(json.loads((tree.run_dir / "config.json").read_text())["model_path"])))
     hostile = _hostile(vocab)
-    kinds = {"sup": zmq.DEALER, "router": zmq.DEALER, "ranks": zmq.DEALER, "tokens": zmq.PUSH,
-             "telemetry": zmq.PUSH, "cache": zmq.DEALER}
+    assert set(hostile) == set(KINDS), "every socket a peer can send on is covered"
+    kinds = KINDS
     ctx = zmq.Context()
     try:
         # once under the real peer's socket identity (which must not take its route), once under a fresh one
@@ -227,7 +234,8 @@ def test_hostile_values_from_real_identities_leave_everyone_serving(tree):
     assert {n: a["pid"] for n, a in tree.actors().items()} == pids, "no actor may die of a hostile value"
     # each receiver saw its hostile messages and refused them by name (not lost on the way)
     where = {"router": ("router", "router"), "ranks": ("router", "ranks"), "tokens": ("front", "tokens"),
-             "telemetry": ("telemetry", "telemetry"), "cache": ("cache", "cache"), "sup": ("supervisor", "sup")}
+             "telemetry": ("telemetry", "telemetry"), "cache": ("cache", "cache"), "sup": ("supervisor", "sup"),
+             "sessions": ("memory_guard", "sessions")}
     for sock, (actor, w) in where.items():
         refused = [e for e in tree.log(actor) if e.get("event") == "bad_frame" and e.get("where") == w
                    and "garbage" not in e.get("error", "") and "undecodable" not in e.get("error", "")]

@@ -51,7 +51,9 @@ class Actor:
         self.counters: dict[str, float] = {}
         self.gauges: dict[str, float] = {}
         self.hists: dict[str, instruments.Histogram] = {}
-        tracing.setup(bool(self.cfg.get("telemetry", {}).get("tracing", True)))
+        # telemetry.enabled false: no trace spans and no per-request histograms (counters and gauges stay)
+        self.observing = bool(self.cfg.get("telemetry", {}).get("enabled", True))
+        tracing.setup(self.observing)
         self.started = time.time()
         self._stop = asyncio.Event()
         self._last_ping = time.monotonic()
@@ -93,6 +95,8 @@ class Actor:
 
     def observe(self, name: str, value: float, **labels: Any) -> None:
         """One observation of histogram `name` (its buckets are instruments.BUCKETS[name])."""
+        if not self.observing:
+            return
         k = instruments.key(name, labels) if labels else name
         h = self.hists.get(k)
         if h is None:

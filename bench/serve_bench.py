@@ -25,11 +25,13 @@ import httpx
 import openai
 
 
-def start_server(ranks: int) -> tuple[subprocess.Popen, str, Path]:
+def start_server(ranks: int, config: str | None = None, env: dict[str, str] | None = None,
+                 ) -> tuple[subprocess.Popen, str, Path]:
     d = Path(tempfile.mkdtemp(prefix="gb", dir="/tmp"))
     proc = subprocess.Popen([sys.executable, "-m", "gptoss.supervisor.main", "--auto-port", "--ranks", str(ranks),
-                             "--run-dir", str(d / "r"), "--log-dir", str(d / "logs")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "--run-dir", str(d / "r"), "--log-dir", str(d / "logs"),
+                             *(["--config", config] if config else [])],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})})
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         http = d / "r" / "http.json"

@@ -11,9 +11,12 @@ as `ipc_messages_*_total{socket=...}`. A plain dict add per message, nothing mor
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from pathlib import Path
+from typing import Any
+
 import zmq
 import zmq.asyncio
 
@@ -120,3 +123,30 @@ async def recv(sock: zmq.asyncio.Socket, routed: bool, where: str) -> tuple[byte
     got = parse(frames, routed, where)
     _stats(sock)[1 if got is not None else 2] += 1
     return got
+
+
+class Requester:
+    """Request/reply to one actor over our DEALER: the reply carries the request's message id, and every wait
+    is bounded, so a peer that is down or slow costs a None, never a hang. The actor's receive loop on the
+    socket hands replies to `reply`."""
+
+    def __init__(self, sock: zmq.asyncio.Socket) -> None:
+        self.sock = sock
+        self.waits: dict[str, asyncio.Future] = {}
+
+    async def ask(self, msg: Message, timeout: float) -> dict[str, Any] | None:
+        fut = asyncio.get_running_loop().create_future()
+        self.waits[msg.id] = fut
+        try:
+            if not send_nowait(self.sock, msg):
+                return None
+            return await asyncio.wait_for(fut, timeout)
+        except asyncio.TimeoutError:
+            return None
+        finally:
+            self.waits.pop(msg.id, None)
+
+    def reply(self, msg: Message) -> None:
+        fut = self.waits.get(msg.id)
+        if fut is not None and not fut.done():
+            fut.set_result(msg.body)

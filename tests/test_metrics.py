@@ -77,6 +77,7 @@ def test_series_are_per_actor_so_a_restart_is_one_clean_counter_reset():
         h.observe(v)
     key = instruments.key("llm_request_queue_time_seconds", {"rank": "rank-0"})
     tree = {n: {"state": "ready", "pid": i, "restarts": 0} for i, n in enumerate(["rank-0", "rank-1"])}
+    tree["rank-1"]["load"] = {"gpu": {"cuda:0": {"allocated_bytes": 5e9, "total_bytes": 8e10}}}
     sources = {"rank-0": _source(0, {"preemptions_total": 4.0}, {key: h.wire(), "bogus{x=\"1\"}": [1, 2]}),
                "rank-1": _source(1, {"preemptions_total": 1.0})}
     s = _samples(exposition.render(tree, sources, {"model": "m", "profile": "p"}, time.time()))
@@ -88,6 +89,8 @@ def test_series_are_per_actor_so_a_restart_is_one_clean_counter_reset():
     assert s["llm_request_queue_time_seconds_bucket{" + base.format('le="+Inf",') + "}"] == 3.0
     assert s["llm_request_queue_time_seconds_count{" + base.format("") + "}"] == 3.0
     assert not any("bogus" in k for k in s)
+    gpu = 'actor="rank-1",device="cuda:0",model="m",profile="p",rank="rank-1"'
+    assert s[f"llm_gpu_memory_used_bytes{{{gpu}}}"] == 5e9 and s[f"llm_gpu_memory_total_bytes{{{gpu}}}"] == 8e10
 
 
 # ---- shipped rules ---------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import time
 
 import openai
 import pytest
-from obs_tree import API_KEY, SAMPLE_RATIO
+from obs_tree import ADMIN_KEY, API_KEY, SAMPLE_RATIO
 from tree import chat, wait_for
 
 from gptoss.actors.telemetry.export import QUEUE_BATCHES, ExportWorker, exporter_from_env
@@ -141,7 +141,7 @@ def test_one_trace_across_front_router_and_rank_with_a_sampled_share(tree, recei
     kept = ours()
     assert 8 <= len(kept) <= 32, f"{len(kept)} of 40 kept at ratio {SAMPLE_RATIO}"  # binomial(40, .5): 20 +- 3.2
     for tid, spans in kept.items():
-        wait_for(lambda: len(receiver.traces()[tid]) >= 6, 5, "every span of a kept trace")
+        wait_for(lambda: len(receiver.traces()[tid]) >= 8, 5, "every span of a kept trace")
         spans = receiver.traces()[tid]
         by_id = {s["span_id"]: s for s in spans}
         root = _root_of(spans)
@@ -151,6 +151,8 @@ def test_one_trace_across_front_router_and_rank_with_a_sampled_share(tree, recei
         assert root["attrs"]["gen_ai.request.max_tokens"] == 4
         assert root["attrs"]["gen_ai.usage.output_tokens"] >= 1
         assert root["attrs"]["gen_ai.response.finish_reasons"]
+        front = {s["name"]: s for s in spans if s["actor"] == "front" and s["parent"] == root["span_id"]}
+        assert {"render", "parse"} <= set(front) and front["parse"]["attrs"]["gptoss.parse_seconds"] > 0
         route = next(s for s in spans if s["name"] == "route")
         gen = next(s for s in spans if s["name"] == "generate")
         assert route["actor"] == "router" and route["parent"] == root["span_id"]
@@ -182,3 +184,21 @@ def test_every_errored_trace_is_kept(tree, receiver):
 
     root = wait_for(errored, 15, "the errored trace at the receiver")
     assert root["status"] == 2 and root["attrs"]["error.type"] == "rank_died"
+
+
+def test_debug_bundle_has_the_observability_state_slowest_and_errored_requests_and_log_tails(tree):
+    def bundle() -> dict | None:
+        b = tree.get("/admin/debug/bundle", headers={"Authorization": f"Bearer {ADMIN_KEY}"}).json()
+        obs = b["actors"]["telemetry"].get("observability", {})
+        return b if any(e["request_id"] == "trace-killed" for e in obs.get("recent_errors", [])) else None
+
+    b = wait_for(bundle, 15, "the killed request among the bundle's recent errors")
+    obs = b["actors"]["telemetry"]["observability"]
+    assert obs["otlp_export"] is True and obs["otlp_protocol"] == "grpc" and obs["ratio"] == SAMPLE_RATIO
+    assert obs["spans_exported"] > 0 and obs["spans_dropped"] == 0
+    slowest = obs["slowest_requests"]
+    assert slowest and all(len(e["trace_id"]) == 32 for e in slowest)
+    assert [e["seconds"] for e in slowest] == sorted((e["seconds"] for e in slowest), reverse=True)
+    assert "actor_up{" in b["actors"]["telemetry"]["metrics"]
+    assert any('"request.routed"' in line for line in b["logs"]["router"])
+    assert b["logs"]["supervisor"] and API_KEY not in str(b)

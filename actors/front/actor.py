@@ -50,7 +50,7 @@ class Front(Actor):
         self.cache = sockets.socket(self.ctx, zmq.DEALER, identity=self.name)
         self.cache.setsockopt(zmq.IMMEDIATE, 1)
         sockets.connect(self.cache, self.run_dir, "cache")
-        self._cache_waits: dict[str, asyncio.Future] = {}
+        self.cache_link = sockets.Requester(self.cache)
         self.memory = sockets.socket(self.ctx, zmq.SUB)
         self.memory.setsockopt(zmq.SUBSCRIBE, b"")
         sockets.connect(self.memory, self.run_dir, "memory")
@@ -72,8 +72,9 @@ class Front(Actor):
     def tasks(self) -> list[Awaitable[Any]]:
         return [self.serve(self.router, "router", {"routed": self._routed, "reject": self._error}),
                 self.serve(self.tokens, "tokens", {"tokens": self._tokens, "failed": self._error}),
-                self.serve(self.cache, "cache", {"cache_rep": self._cache_rep, "store_rep": self._cache_rep}),
-                self.serve(self.memory, "memory", {"pressure": self._on_pressure}), self.telemetry_link.run()]
+                self.serve(self.cache, "cache", {"cache_rep": self.cache_link.reply, "store_rep": self.cache_link.reply}),
+                self.serve(self.telemetry_link.sock, "telemetry_q", {"scrape_rep": self.telemetry_link.reply}),
+                self.serve(self.memory, "memory", {"pressure": self._on_pressure})]
 
     def load(self) -> dict[str, Any]:
         return {"inflight": len(self.streams)}
@@ -157,21 +158,7 @@ class Front(Actor):
 
     async def ask_cache(self, m: Message, timeout: float) -> dict[str, Any] | None:
         """One request/reply with the cache actor; None when it could not answer within `timeout`."""
-        fut = asyncio.get_running_loop().create_future()
-        self._cache_waits[m.id] = fut
-        try:
-            if not sockets.send_nowait(self.cache, m):
-                return None
-            return await asyncio.wait_for(fut, timeout)
-        except asyncio.TimeoutError:
-            return None
-        finally:
-            self._cache_waits.pop(m.id, None)
-
-    def _cache_rep(self, m: Message) -> None:
-        fut = self._cache_waits.get(m.id)
-        if fut is not None and not fut.done():
-            fut.set_result(m.body)
+        return await self.cache_link.ask(m, timeout)
 
 
 def _logprobs(req_id: str, ids: list[int], lps: Any) -> list | None:

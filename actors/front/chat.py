@@ -25,6 +25,7 @@ from aiohttp import web
 from jinja2 import TemplateError
 
 from . import logprobs as lp
+from . import observe
 from .errors import APIError
 from .generation import (
     Choice,
@@ -131,7 +132,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     want_lp = bool(body.get("logprobs"))
     s = sampling(body, body.get("top_logprobs", 0) if want_lp else None,
                  body.get("max_completion_tokens", body.get("max_tokens")))
-    prompt_ids, prefill = render(front, body)
+    with observe.span("render"):
+        prompt_ids, prefill = render(front, body)
     parallel = body.get("parallel_tool_calls", True)
     session = session_id(request.headers, body)
     choices, first = [], []

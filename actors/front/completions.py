@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from . import logprobs as lp
+from . import observe
 from .errors import APIError
 from .generation import (
     Choice,
@@ -56,7 +57,8 @@ async def completions(request: web.Request) -> web.StreamResponse:
         raise APIError(503, "server is shutting down", "shutting_down")
     body = parse_body(front, await request.read(), COMPLETIONS)
     s = sampling(body, body.get("logprobs"), body.get("max_tokens", DEFAULT_MAX_TOKENS))
-    prompts = _prompts(front, body["prompt"])
+    with observe.span("tokenize"):
+        prompts = _prompts(front, body["prompt"])
     echo = body.get("echo", False)
     echoed = [front.tokenizer.decode(ids, skip_special_tokens=False) if echo else "" for ids in prompts]
     session = session_id(request.headers, body)

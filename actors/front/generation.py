@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -26,8 +27,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import orjson
 from aiohttp import web
 
-from .detok import Detokenizer
 from . import observe
+from .detok import Detokenizer
 from .errors import APIError
 from .harmony import Delta
 
@@ -113,6 +114,7 @@ class Choice:
     pending: Any = None  # its rank request, once submitted
     session: str | None = None  # session.session_id of the request; rides on the generate message
     counted: bool = False  # counted in front.sessions while submitted
+    parse_s: float = 0.0  # time spent parsing/detokenizing its tokens (its trace's parse span says it)
 
 
 @dataclass
@@ -143,7 +145,9 @@ async def _run(front: Front, choice: Choice, put: Callable[[Any], None]) -> None
         async with contextlib.aclosing(front.streams.events(choice.pending)) as events:
             async for ids, lps, finish in events:
                 choice.tokens += len(ids)
+                started = time.perf_counter()
                 deltas = choice.decoder.feed(ids)
+                choice.parse_s += time.perf_counter() - started
                 mask = choice.decoder.content_mask
                 logprobs = [(t, lp[0], lp[1]) for t, lp, m in zip(ids, lps or (), mask) if m]
                 deltas = _filter(choice, deltas)
@@ -195,7 +199,7 @@ async def generate(front: Front, choices: list[Choice]) -> AsyncIterator[Event]:
     """Events of submitted choices as they come; raises the first APIError. Closing it aborts what still runs."""
     queue: asyncio.Queue = asyncio.Queue()
     tasks = [asyncio.create_task(_run(front, c, queue.put_nowait)) for c in choices]
-    last: dict[Choice, tuple[float, int]] = {}  # per choice: when its previous batch came, tokens so far
+    last: dict[Choice, tuple] = {}  # per choice: when its previous batch came, tokens so far, its parse span
     try:
         left = len(choices)
         while left:
@@ -209,6 +213,7 @@ async def generate(front: Front, choices: list[Choice]) -> AsyncIterator[Event]:
             yield ev
         observe.record_finished(front, choices)
     finally:
+        observe.close_parse(last)
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -274,7 +279,11 @@ async def cached_answer(front: Front, key: str | None, resp_id: str, created: in
                         build: Callable[[], Awaitable[dict[str, Any]]]) -> web.Response:
     """A non-streamed answer through the response cache: `key` is None unless the request is deterministic
     (greedy or seeded). A hit is the stored body under this response's own id and time."""
-    cached = await front.cache_get(key) if key else None
+    cached = None
+    if key:
+        with observe.span("cache_lookup") as span:
+            cached = await front.cache_get(key)
+            span.set_attribute("gptoss.cache_hit", cached is not None)
     if cached is not None:
         front.count("cache_hits_total")
         observe.record_cached()

@@ -7,7 +7,6 @@ old numbers as if they were live.
 """
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -25,38 +24,22 @@ SCRAPE_TIMEOUT_S = 1.0
 
 
 class TelemetryLink:
-    """The front's DEALER to telemetry's query ROUTER: one scrape at a time per caller, each bounded."""
+    """The front's DEALER to telemetry's query ROUTER (the front's receive loop hands replies to `reply`)."""
 
     def __init__(self, front: Front) -> None:
         self.front = front
         self.sock = sockets.socket(front.ctx, zmq.DEALER, identity=front.name)
         self.sock.setsockopt(zmq.IMMEDIATE, 1)  # telemetry down: the send fails at once, no queued scrapes
         sockets.connect(self.sock, front.run_dir, "telemetry_q")
-        self.waits: dict[str, asyncio.Future] = {}
+        self.link = sockets.Requester(self.sock)
+        self.reply = self.link.reply
 
     async def scrape(self) -> dict[str, Any] | None:
         """{text, sources} from telemetry, or None when it does not answer in time."""
-        m = self.front.msg("scrape")
-        fut = asyncio.get_running_loop().create_future()
-        self.waits[m.id] = fut
-        try:
-            if not sockets.send_nowait(self.sock, m):
-                return None
-            return await asyncio.wait_for(fut, SCRAPE_TIMEOUT_S)
-        except asyncio.TimeoutError:
+        rep = await self.link.ask(self.front.msg("scrape"), SCRAPE_TIMEOUT_S)
+        if rep is None:
             self.front.count("telemetry_timeouts_total")
-            return None
-        finally:
-            self.waits.pop(m.id, None)
-
-    async def run(self) -> None:
-        while True:
-            got = await sockets.recv(self.sock, routed=False, where="telemetry_q")
-            if got is None or got[1].type != "scrape_rep":
-                continue
-            fut = self.waits.get(got[1].id)
-            if fut is not None and not fut.done():
-                fut.set_result(got[1].body)
+        return rep
 
 
 async def metrics(request: web.Request) -> web.Response:

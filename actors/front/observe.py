@@ -60,6 +60,11 @@ def current() -> Record | None:
     return _current.get()
 
 
+def span(name: str):
+    """A child span of the current request's (render, tokenize, cache lookup), as a context manager."""
+    return tracing.tracer.start_as_current_span(name)
+
+
 def key_hash(request: web.Request) -> str | None:
     auth = request.headers.get("Authorization", "")
     return hashlib.sha256(auth[7:].encode()).hexdigest()[:16] if auth.startswith("Bearer ") and auth[7:] else None
@@ -144,7 +149,7 @@ def record_submit(choices: list[Choice]) -> None:
             span.set_attribute("gen_ai.request.temperature", float(p["temperature"]))
 
 
-def record_tokens(front: Front, choice: Choice, last: dict[Choice, tuple[float, int]]) -> None:
+def record_tokens(front: Front, choice: Choice, last: dict[Choice, tuple[float, int, trace.Span]]) -> None:
     """A batch of new tokens for `choice` (its `tokens` already counts them): TTFT on its first, else
     inter-token latency, the gap since the choice's previous batch per token of this batch (one observation
     per batch: the front hands tokens on in batches, and one bisect per batch keeps this cheap)."""
@@ -153,7 +158,8 @@ def record_tokens(front: Front, choice: Choice, last: dict[Choice, tuple[float, 
     prev = last.get(choice)
     if choice.tokens == (prev[1] if prev else 0):
         return  # a batch that only carries the finish
-    last[choice] = (now, choice.tokens)
+    # a choice's `parse` span runs from its first token to its end; it carries the time the parser took
+    last[choice] = (now, choice.tokens, prev[2] if prev else tracing.tracer.start_span("parse"))
     rec = current()
     if prev is None:
         start = rec.start if rec is not None else now
@@ -168,6 +174,13 @@ def record_tokens(front: Front, choice: Choice, last: dict[Choice, tuple[float, 
     if rec is not None:
         rec.itl_total += now - prev[0]
         rec.itl_tokens += n
+
+
+def close_parse(last: dict[Choice, tuple[float, int, trace.Span]]) -> None:
+    """End the choices' parse spans, however the request ended."""
+    for c, (_, _, parse) in last.items():
+        parse.set_attribute("gptoss.parse_seconds", c.parse_s)
+        parse.end()
 
 
 def record_finished(front: Front, choices: list[Choice]) -> None:

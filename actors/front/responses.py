@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from . import params
+from . import observe, params
 from . import response_input as ri
 from .chat import render
 from .errors import APIError
@@ -118,7 +118,8 @@ async def create(request: web.Request) -> web.StreamResponse:
         raise invalid("background", "a background response must be stored ('store' cannot be false)")
     if background and body.get("stream"):
         raise invalid("background", "cannot be streamed on this server; poll GET /v1/responses/{id} instead")
-    prompt_ids, prefill = render(front, _chat_body(body, conversation, effort))
+    with observe.span("render"):
+        prompt_ids, prefill = render(front, _chat_body(body, conversation, effort))
     s = params.sampling(body, None, body.get("max_output_tokens"))
     parser = HarmonyParser(front.tokenizer)
     first = parser.feed(prefill)  # a forced call's opening delta (id, name), if tool_choice forces one

@@ -41,7 +41,8 @@ DOCS = {
     "llm_num_requests_waiting": "Requests waiting on the rank.",
     "llm_kv_cache_usage_ratio": "Share of the rank's KV cache blocks in use.",
     "llm_memory_pressure": "Host memory in use as a share of the total (memory guard).",
-    "llm_gpu_memory_used_bytes": "GPU memory allocated by the rank.",
+    "llm_gpu_memory_used_bytes": "GPU memory allocated by the rank's torch, per device it uses.",
+    "llm_gpu_memory_total_bytes": "Total memory of each GPU a rank uses.",
     "actor_up": "1 when the actor is ready and reporting from its current process, else 0.",
     "actor_restarts_total": "Restarts of the actor by the supervisor.",
     "actor_heartbeat_age_seconds": "Seconds since the actor's last report to telemetry.",
@@ -62,7 +63,6 @@ MAPPED: dict[str, tuple[str, dict[str, str]]] = {
     "running": ("llm_num_requests_running", {"rank": "{actor}"}),
     "waiting": ("llm_num_requests_waiting", {"rank": "{actor}"}),
     "host_used_frac": ("llm_memory_pressure", {}),
-    "gpu_memory_used_bytes": ("llm_gpu_memory_used_bytes", {"rank": "{actor}"}),
     "rss_bytes": ("actor_resident_memory_bytes", {}),
     "tokens_per_s": ("gptoss_generation_tokens_per_second", {}),  # promtool: no abbreviated units
 }
@@ -94,6 +94,14 @@ def _series(k: str) -> tuple[str, dict[str, str]] | None:
     return parsed
 
 
+def _exposed(name: str, labels: dict[str, str], actor: str) -> tuple[str, dict[str, str]]:
+    """An actor's series name and labels as exposed: its llm_* name if MAPPED, else kept under gptoss_."""
+    if name in MAPPED:
+        name, extra = MAPPED[name]
+        return name, {**labels, **{lk: actor if lv == "{actor}" else lv for lk, lv in extra.items()}}
+    return (name if name.startswith(("llm_", "ipc_")) else f"gptoss_{name}"), labels
+
+
 def _add_source(f: Families, actor: str, src: dict[str, Any]) -> None:
     base = {"actor": actor}
     counters, gauges = src["counters"], src["gauges"]
@@ -101,14 +109,8 @@ def _add_source(f: Families, actor: str, src: dict[str, Any]) -> None:
         parsed = _series(k)
         if parsed is None:
             continue
-        name, labels = parsed
-        if name in MAPPED:
-            name, extra = MAPPED[name]
-            labels = {**labels, **{lk: actor if lv == "{actor}" else lv for lk, lv in extra.items()}}
-        elif not name.startswith(("llm_", "ipc_")):
-            name = f"gptoss_{name}"
-        name = name[:-6] if name.endswith("_total") else name
-        f.add(name, "counter", {**base, **labels}, v, "_total")
+        name, labels = _exposed(*parsed, actor)
+        f.add(name.removesuffix("_total"), "counter", {**base, **labels}, v, "_total")
     if "prefix_cache_queries_total" in counters:
         misses = counters["prefix_cache_queries_total"] - counters.get("prefix_cache_hits_total", 0.0)
         f.add("llm_cache_misses", "counter", {**base, "cache": "prefix"}, max(0.0, misses), "_total")
@@ -116,13 +118,8 @@ def _add_source(f: Families, actor: str, src: dict[str, Any]) -> None:
         parsed = _series(k)
         if parsed is None:
             continue
-        name, labels = parsed
-        if name in MAPPED:
-            name, extra = MAPPED[name]
-            labels = {**labels, **{lk: actor if lv == "{actor}" else lv for lk, lv in extra.items()}}
-        else:
-            name = f"gptoss_{name.removesuffix('_total')}"
-        f.add(name, "gauge", {**base, **labels}, v)
+        name, labels = _exposed(*parsed, actor)
+        f.add(name.removesuffix("_total"), "gauge", {**base, **labels}, v)
     if gauges.get("kv_blocks_total"):
         f.add("llm_kv_cache_usage_ratio", "gauge", {**base, "rank": actor},
               gauges.get("kv_blocks_used", 0.0) / gauges["kv_blocks_total"])
@@ -135,6 +132,17 @@ def _add_source(f: Families, actor: str, src: dict[str, Any]) -> None:
             f.add(name, "histogram", {**base, **labels, "le": le}, cumulative, "_bucket")
         f.add(name, "histogram", {**base, **labels}, total, "_sum")
         f.add(name, "histogram", {**base, **labels}, count, "_count")
+
+
+def _add_gpus(f: Families, actor: str, gpus: Any) -> None:
+    """A rank's GPU memory, from the load it reports with every heartbeat (in the supervisor's tree state)."""
+    if not isinstance(gpus, dict):
+        return
+    for device, m in gpus.items():
+        if isinstance(m, dict):
+            labels = {"actor": actor, "rank": actor, "device": str(device)}
+            f.add("llm_gpu_memory_used_bytes", "gauge", labels, float(m.get("allocated_bytes") or 0))
+            f.add("llm_gpu_memory_total_bytes", "gauge", labels, float(m.get("total_bytes") or 0))
 
 
 def families(tree: dict[str, Any], sources: dict[str, dict[str, Any]] | None, const: dict[str, str],
@@ -153,6 +161,8 @@ def families(tree: dict[str, Any], sources: dict[str, dict[str, Any]] | None, co
             f.add("actor_heartbeat_age_seconds", "gauge", {"actor": actor}, max(0.0, now - src["ts"]))
         if up and fresh:
             _add_source(f, actor, src)
+        if up:
+            _add_gpus(f, actor, (a.get("load") or {}).get("gpu"))
     return f.collect()
 
 

@@ -1,0 +1,76 @@
+"""Telemetry overhead: the same serving load against a tree with telemetry fully on and one with it off.
+
+On: per-request histograms, trace spans in every process, tail sampling at 100% and OTLP export over gRPC
+to a local receiver (the tests' real one, decoding every span). Off: `telemetry.enabled: false` (no spans,
+no request histograms; counters, gauges and logs are the same in both). Both trees run side by side, idle
+while the other is measured; rounds alternate which goes first, so drift on a shared machine hits both alike.
+Prints one JSON line per round and variant, then the medians and the relative cost.
+
+    python bench/telemetry_bench.py --rounds 5 --concurrency 32 --tokens 64
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+from serve_bench import run, start_server
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from otlp_receiver import Receiver  # noqa: E402 - the tests' OTLP receiver, a real gRPC TraceService
+
+
+def _config(enabled: bool) -> str:
+    path = Path(tempfile.mkdtemp(prefix="tb", dir="/tmp")) / "config.yaml"
+    path.write_text(yaml.safe_dump({"telemetry": {"enabled": enabled, "sample_ratio": 1.0}}))
+    return str(path)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--tokens", type=int, default=64)
+    args = p.parse_args()
+    receiver = Receiver()
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.grpc_port}", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}
+    servers = {"on": start_server(1, _config(True), env), "off": start_server(1, _config(False))}
+    rows: dict[str, list[dict]] = {"on": [], "off": []}
+    try:
+        for i in range(args.rounds):
+            for variant in (("on", "off") if i % 2 == 0 else ("off", "on")):
+                r = asyncio.run(run(servers[variant][1], "gpt-oss-tiny", args.concurrency, args.tokens, True))
+                r.update(bench="telemetry", variant=variant, round=i)
+                rows[variant].append(r)
+                print(json.dumps(r), flush=True)
+    finally:
+        for proc, _, _ in servers.values():
+            proc.send_signal(signal.SIGTERM)
+        for proc, _, _ in servers.values():
+            proc.wait(60)
+        receiver.stop()
+    med = {v: {k: statistics.median(r[k] for r in rows[v]) for k in ("tokens_per_s", "ttft_p50_s")} for v in rows}
+    summary = {"bench": "telemetry_overhead", "rounds": args.rounds, "concurrency": args.concurrency,
+               "tokens_per_request": args.tokens, "median": med,
+               "tokens_per_s_loss": round(1 - med["on"]["tokens_per_s"] / med["off"]["tokens_per_s"], 4),
+               "ttft_p50_increase": round(med["on"]["ttft_p50_s"] / med["off"]["ttft_p50_s"] - 1, 4),
+               "spans_received": len(receiver.spans),
+               "machine": f"{platform.machine()} {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d")}
+    print(json.dumps(summary))
+    print(f"{'variant':>8} {'tok/s (median)':>15} {'ttft p50 (median)':>18}")
+    for v in ("off", "on"):
+        print(f"{v:>8} {med[v]['tokens_per_s']:>15} {med[v]['ttft_p50_s']:>18}")
+    print(f"tokens/s loss {summary['tokens_per_s_loss']:+.2%}, TTFT p50 increase {summary['ttft_p50_increase']:+.2%}")
+
+
+if __name__ == "__main__":
+    main()

@@ -6,6 +6,7 @@ names, so the last test can stop the whole server and read the store back from a
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -75,6 +76,24 @@ def test_background_response_is_polled_to_completion(tree):
     done = poll(tree, r.json()["id"], ("completed", "incomplete", "failed"))
     assert done["status"] == "incomplete" and done["usage"]["output_tokens"] == 24  # ignore_eos: ran to the cap
     assert done["output"], done
+    # streamed in the background: read a few events, drop the connection, resume after the last one seen
+    body = {"model": M, "input": "hello", "background": True, "stream": True, "max_output_tokens": 40,
+            "ignore_eos": True}
+    seen = []
+    with httpx.stream("POST", tree.url + "/v1/responses", json=body, timeout=30) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                seen.append(json.loads(line[6:]))
+            if len(seen) == 4:
+                break
+    rid = seen[0]["response"]["id"]
+    r = tree.get(f"/v1/responses/{rid}", params={"stream": "true", "starting_after": seen[-1]["sequence_number"]})
+    rest = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: ")]
+    events = seen + rest
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    final = events[-1]["response"]
+    assert events[-1]["type"] == f"response.{final['status']}" and final["status"] in ("completed", "incomplete")
+    assert poll(tree, rid, ("completed", "incomplete")) == final
     bad = tree.post("/v1/responses", json={"model": M, "input": "x", "background": True, "store": False})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "background"
 
@@ -137,6 +156,7 @@ def test_store_survives_kill_9_of_the_front(tree):
     KEPT.update(first=first, follow=follow.json(), failed=failed)
 
 
+@pytest.mark.timeout(300)  # a whole second server start: slow on a busy 2-core box
 def test_store_survives_a_full_restart(tree, state_dir):
     """Everything stored before a SIGTERM of the whole server (the earlier tests' responses too) is served by
     the next server on the same state directory."""

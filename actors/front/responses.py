@@ -9,18 +9,13 @@ not send the events.
 the stored messages (earlier input and output, never earlier `instructions`) come first, then this request's
 input. A response is stored unless `store` is false. Logprobs are not offered here (use chat completions).
 
-`background: true` answers at once with the response `queued` (stored, so GET can poll it) and generates in a
-task of this front; the task stores it `in_progress` once tokens flow and whole at the end (`completed`,
-`incomplete`, or `failed` with the error). `POST /v1/responses/{id}/cancel` cancels the task, which aborts the
-rank request (its KV blocks are freed at the rank's next step) and stores it `cancelled`. If this front dies
-meanwhile, the cache actor marks it `failed` once it sees the new front (actors/cache.py). A background
-response cannot also be streamed here (nothing to resume a stream from): poll it instead.
+`background: true` answers at once with the response `queued` (stored, so GET can poll it), or with `stream`
+its events as they come, and generates in a task of this front (background.py: polling, cancel, resuming a
+stream with `starting_after`).
 """
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -29,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from . import observe, params
+from .background import Job
 from . import response_input as ri
 from .chat import render
 from .errors import APIError
@@ -51,9 +47,8 @@ from .session import session_id
 if TYPE_CHECKING:
     from .actor import Front
 
-log = logging.getLogger("front.responses")
 STORE = web.AppKey("responses", ResponseStore)
-BACKGROUND = web.AppKey("background", dict)  # response id -> the asyncio.Task generating it
+JOBS = web.AppKey("background", dict)  # response id -> its background.Job, while running and KEEP_S after
 
 RESPONSES = Table({
     "model": params.string(256),
@@ -116,8 +111,6 @@ async def create(request: web.Request) -> web.StreamResponse:
     background = body.get("background", False)
     if background and not body.get("store", True):
         raise invalid("background", "a background response must be stored ('store' cannot be false)")
-    if background and body.get("stream"):
-        raise invalid("background", "cannot be streamed on this server; poll GET /v1/responses/{id} instead")
     with observe.span("render"):
         prompt_ids, prefill = render(front, _chat_body(body, conversation, effort))
     s = params.sampling(body, None, body.get("max_output_tokens"))
@@ -162,11 +155,9 @@ async def create(request: web.Request) -> web.StreamResponse:
         queued = response("queued")
         await store.put(queued, conversation)
         submit(front, [choice])
-        task = asyncio.create_task(_in_background(front, run(), response, conversation, choice))
-        tasks = request.app[BACKGROUND]
-        tasks[resp_id] = task
-        task.add_done_callback(lambda _: tasks.pop(resp_id, None))
-        return web.json_response(queued)
+        job = Job(front, request.app[JOBS], response, conversation, choice)
+        job.start(run())
+        return await job.stream(request, -1) if body.get("stream") else web.json_response(queued)
 
     if not body.get("stream"):
         submit(front, [choice])
@@ -193,35 +184,6 @@ async def create(request: web.Request) -> web.StreamResponse:
     return await stream_sse(request, front, [choice], sse_events, done=b"")  # Responses streams end without [DONE]
 
 
-async def _in_background(front: Front, batches: AsyncIterator[list[dict[str, Any]]], response, conversation,
-                         choice: Choice) -> None:
-    """Run a background response to its end; `run()` stores it whole. A failure or a cancel is stored too."""
-    store = ResponseStore(front)
-    try:
-        async with contextlib.aclosing(batches) as events:
-            first = True
-            async for _ in events:
-                if first:
-                    first = False
-                    await store.put(response("in_progress"), conversation)
-    except APIError as exc:
-        await _store_quietly(store, response("failed", {"code": exc.code or "server_error", "message": exc.message}),
-                             conversation)
-    except asyncio.CancelledError:
-        await _store_quietly(store, response("cancelled"), conversation)
-        raise
-    finally:
-        release(front, [choice])
-
-
-async def _store_quietly(store: ResponseStore, response: dict[str, Any], conversation: list[dict[str, Any]]) -> None:
-    try:
-        await store.put(response, conversation)
-    except APIError as exc:  # nobody to answer here: the log says what the poller will not see
-        log.error("background response not stored", extra={"event": "store_failed", "response_id": response["id"],
-                                                             "error": exc.message})
-
-
 def _echo(body: dict[str, Any]) -> dict[str, Any]:
     """Request fields a response object repeats, back in the Responses API's own shapes."""
     rf = body.get("text", {"type": "text"})
@@ -242,16 +204,27 @@ async def _stored(request: web.Request) -> dict[str, Any]:
     return stored.response
 
 
-async def retrieve(request: web.Request) -> web.Response:
-    return web.json_response(await _stored(request))
+async def retrieve(request: web.Request) -> web.StreamResponse:
+    """The stored response; with `stream=true` a background response's events after `starting_after` (a
+    sequence number; default: from the start), following it live while it runs."""
+    if request.query.get("stream") != "true":
+        return web.json_response(await _stored(request))
+    job = request.app[JOBS].get(request.match_info["response_id"])
+    if job is None:
+        raise APIError(400, "only a background response of this server's last few minutes can be streamed; "
+                            "GET it without stream", "invalid_request", "stream")
+    try:
+        after = int(request.query.get("starting_after", "-1"))
+    except ValueError:
+        raise invalid("starting_after", "must be an integer sequence number") from None
+    return await job.stream(request, after)
 
 
 async def delete(request: web.Request) -> web.Response:
     response_id = request.match_info["response_id"]
-    task = request.app[BACKGROUND].get(response_id)
-    if task is not None:  # deleting a running background response stops it first
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+    job = request.app[JOBS].get(response_id)
+    if job is not None:  # deleting a running background response stops it first
+        await job.cancel()
     if not await request.app[STORE].delete(response_id):
         raise APIError(404, f"response {response_id!r} not found", "not_found", "response_id")
     return web.json_response({"id": response_id, "object": "response.deleted", "deleted": True})
@@ -263,17 +236,16 @@ async def cancel(request: web.Request) -> web.Response:
     response = await _stored(request)
     if not response.get("background"):
         raise APIError(400, "only a background response can be cancelled", "invalid_request", "response_id")
-    task = request.app[BACKGROUND].get(response["id"])
-    if task is None:
+    job = request.app[JOBS].get(response["id"])
+    if job is None or not job.running():
         return web.json_response(response)
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    await job.cancel()
     return web.json_response(await _stored(request))
 
 
 def add_routes(app: web.Application, front: Front) -> None:
     app[STORE] = ResponseStore(front)
-    app[BACKGROUND] = {}
+    app[JOBS] = {}
     app.router.add_post("/v1/responses", create)
     app.router.add_get("/v1/responses/{response_id}", retrieve)
     app.router.add_delete("/v1/responses/{response_id}", delete)

@@ -4,6 +4,9 @@ On: per-request histograms, trace spans in every process, tail sampling at 100% 
 to a local receiver (the tests' real one, decoding every span). Off: `telemetry.enabled: false` (no spans,
 no request histograms; counters, gauges and logs are the same in both). Both trees run side by side, idle
 while the other is measured; rounds alternate which goes first, so drift on a shared machine hits both alike.
+Besides tokens/s and TTFT, each run records the CPU time the whole tree (supervisor and every actor) spent
+per generated token: on a busy shared machine wall-clock rates swing by tens of percent between runs, while
+the CPU a tree spends on the same work barely moves, so that is the number that can resolve a 1% cost.
 Prints one JSON line per round and variant, then the medians and the relative cost.
 
     python bench/telemetry_bench.py --rounds 5 --concurrency 32 --tokens 64
@@ -22,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
 import yaml
 from serve_bench import run, start_server
 
@@ -33,6 +37,20 @@ def _config(enabled: bool) -> str:
     path = Path(tempfile.mkdtemp(prefix="tb", dir="/tmp")) / "config.yaml"
     path.write_text(yaml.safe_dump({"telemetry": {"enabled": enabled, "sample_ratio": 1.0}}))
     return str(path)
+
+
+def tree_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a tree: its supervisor and every process below it."""
+    procs = [psutil.Process(pid)]
+    procs += procs[0].children(recursive=True)
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
 
 
 def main() -> None:
@@ -48,8 +66,12 @@ def main() -> None:
     try:
         for i in range(args.rounds):
             for variant in (("on", "off") if i % 2 == 0 else ("off", "on")):
-                r = asyncio.run(run(servers[variant][1], "gpt-oss-tiny", args.concurrency, args.tokens, True))
-                r.update(bench="telemetry", variant=variant, round=i)
+                proc, url, _ = servers[variant]
+                cpu = tree_cpu_s(proc.pid)
+                r = asyncio.run(run(url, "gpt-oss-tiny", args.concurrency, args.tokens, True))
+                # the warm-up request inside run() is counted too: the same in both variants
+                r.update(bench="telemetry", variant=variant, round=i,
+                         cpu_ms_per_token=round((tree_cpu_s(proc.pid) - cpu) * 1000 / r["output_tokens"], 4))
                 rows[variant].append(r)
                 print(json.dumps(r), flush=True)
     finally:
@@ -58,18 +80,21 @@ def main() -> None:
         for proc, _, _ in servers.values():
             proc.wait(60)
         receiver.stop()
-    med = {v: {k: statistics.median(r[k] for r in rows[v]) for k in ("tokens_per_s", "ttft_p50_s")} for v in rows}
+    med = {v: {k: statistics.median(r[k] for r in rows[v]) for k in ("tokens_per_s", "ttft_p50_s", "cpu_ms_per_token")}
+           for v in rows}
     summary = {"bench": "telemetry_overhead", "rounds": args.rounds, "concurrency": args.concurrency,
                "tokens_per_request": args.tokens, "median": med,
                "tokens_per_s_loss": round(1 - med["on"]["tokens_per_s"] / med["off"]["tokens_per_s"], 4),
                "ttft_p50_increase": round(med["on"]["ttft_p50_s"] / med["off"]["ttft_p50_s"] - 1, 4),
+               "cpu_per_token_increase": round(med["on"]["cpu_ms_per_token"] / med["off"]["cpu_ms_per_token"] - 1, 4),
                "spans_received": len(receiver.spans),
                "machine": f"{platform.machine()} {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d")}
     print(json.dumps(summary))
-    print(f"{'variant':>8} {'tok/s (median)':>15} {'ttft p50 (median)':>18}")
+    print(f"{'variant':>8} {'tok/s (median)':>15} {'ttft p50 (median)':>18} {'CPU ms/token (median)':>22}")
     for v in ("off", "on"):
-        print(f"{v:>8} {med[v]['tokens_per_s']:>15} {med[v]['ttft_p50_s']:>18}")
-    print(f"tokens/s loss {summary['tokens_per_s_loss']:+.2%}, TTFT p50 increase {summary['ttft_p50_increase']:+.2%}")
+        print(f"{v:>8} {med[v]['tokens_per_s']:>15} {med[v]['ttft_p50_s']:>18} {med[v]['cpu_ms_per_token']:>22}")
+    print(f"tokens/s loss {summary['tokens_per_s_loss']:+.2%}, TTFT p50 increase {summary['ttft_p50_increase']:+.2%}, "
+          f"CPU per token {summary['cpu_per_token_increase']:+.2%}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 A frame is a msgpack map, the versioned envelope:
     {"v": 1, "t": type, "id": str, "src": actor, "ts": unix time, "tc": trace context map, "b": body map}
+`tc` carries a request's W3C `traceparent` and `rid` (the front's request id) from front to router to rank
+(ipc.tracing); it is empty on messages that belong to no request.
 `decode` validates the whole frame (size, version, type, body field types, and the ranges of the values that
 could hurt a receiver: non-finite floats, counts that allocate, ids outside what a tensor holds) before
 anyone sees it, so an actor can treat any `MessageError` as "log and drop" and keep serving. msgpack never executes anything on

@@ -73,11 +73,11 @@ def key_hash(request: web.Request) -> str | None:
 def middleware(front: Front):
     @web.middleware
     async def observe(request: web.Request, handler):
-        endpoint = request.path if request.path in OPERATIONS or request.path.startswith("/v1/") else None
-        if endpoint is None:  # /metrics, /health, /admin: not requests in the llm_* sense, no span, no lines
+        if not request.path.startswith("/v1/"):  # /metrics, /health, /admin: no llm request, no span, no lines
             return await handler(request)
-        if request.path.startswith("/v1/responses/"):
-            endpoint = "/v1/responses/{id}"
+        # the route's pattern, never the raw path: a label must not take a value per client-chosen URL
+        resource = request.match_info.route.resource
+        endpoint = resource.canonical if resource is not None else "unmatched"
         given = request.headers.get("X-Request-ID", "")
         rec = Record(given if _SANE_ID.match(given) else f"req-{uuid.uuid4().hex[:24]}")
         op = OPERATIONS.get(request.path)
@@ -117,7 +117,8 @@ async def add_request_id(request: web.Request, resp: web.StreamResponse) -> None
 
 def _finish(front: Front, request: web.Request, rec: Record, span: trace.Span, endpoint: str, status: int) -> None:
     duration = time.perf_counter() - rec.start
-    finish = rec.error or (rec.finish_reasons[0] if rec.finish_reasons else ("error" if status >= 400 else "none"))
+    failed = rec.error is not None or status >= 400
+    finish = "error" if failed else (rec.finish_reasons[0] if rec.finish_reasons else "none")
     front.count("llm_requests_total", endpoint=endpoint, status=str(status), finish_reason=finish)
     span.set_attribute("http.response.status_code", status)
     if rec.finish_reasons:
@@ -131,7 +132,8 @@ def _finish(front: Front, request: web.Request, rec: Record, span: trace.Span, e
         span.set_status(Status(StatusCode.ERROR, rec.error or str(status)))
     extra = {"event": "access", "endpoint": endpoint, "method": request.method, "status": status,
              "duration_s": round(duration, 4), "prompt_tokens": rec.prompt_tokens,
-             "completion_tokens": rec.completion_tokens, "finish_reason": finish, "cached": rec.cached,
+             "completion_tokens": rec.completion_tokens, "finish_reason": finish, "error": rec.error,
+             "cached": rec.cached,
              "key_sha256": key_hash(request), "peer": request.remote}
     log.info(f"{request.method} {request.path} {status}", extra=extra)
     if rec.finish_reasons:

@@ -17,11 +17,11 @@ job (it watches the same tree state), so a router restart loses nothing that is 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable
 from typing import Any
 
 import zmq
-from opentelemetry.trace import Status, StatusCode
 
 from ..ipc import sockets, tracing
 from ..ipc.messages import Message
@@ -95,46 +95,45 @@ class Router(Actor):
             sockets.send_nowait(self.ranks, m, to=rank.encode())
 
     def _route(self, ident: bytes, m: Message) -> None:
-        span = tracing.tracer.start_span("route", context=tracing.extract(m.trace))
-        try:
-            self._place(ident, m, span)
-        finally:
-            span.end()
+        start = time.time_ns()
+        span = tracing.from_tc(m.trace)  # the route span, under the front's request span
+        error, rank = self._place(ident, m, span)
+        tracing.record(span, "route", start, time.time_ns(), {"gptoss.rank": rank} if rank else None, error=error)
 
-    def _place(self, ident: bytes, m: Message, span: Any) -> None:
+    def _place(self, ident: bytes, m: Message, span: tracing.Ids | None) -> tuple[str | None, str | None]:
+        """Send the request to a rank, or refuse it: (None, rank) or (error code, None)."""
         req_id = m.body["req_id"]
         ranks = self.candidates()
         if ranks and (self.pressure.get("host", {}).get("level") == "critical"
                       or all(self.level(n) == "critical" for n in ranks)):
             self.count("shed_total")
-            return self._reject(ident, m, 429, "memory pressure is critical; retry shortly", "memory_pressure", span,
+            return self._reject(ident, m, 429, "memory pressure is critical; retry shortly", "memory_pressure",
                                 self.retry_after)
         rid, tid = tracing.ids_of(m.trace)
-        m.trace = {**m.trace, **tracing.inject(span)}  # the rank's spans hang under this one
+        if span is not None:
+            m.trace = {**m.trace, **tracing.traceparent(span)}  # the rank's spans hang under this one
         for rank in (n for n in ranks if self.level(n) != "critical"):
             # ROUTER_MANDATORY makes a send to a rank that is not connected fail here instead of vanishing.
             if sockets.send_nowait(self.ranks, m, to=rank.encode()):
                 self.inflight[req_id] = rank
                 self.per_rank[rank] = self.per_rank.get(rank, 0) + 1
                 self.count("routed_total", rank=rank)
-                span.set_attribute("gptoss.rank", rank)
                 log.info("request routed", extra={"event": "request.routed", "request_id": rid, "trace_id": tid,
                                                   "rank": rank})
                 sockets.send_nowait(self.front, self.msg("routed", req_id=req_id, rank=rank), to=ident)
-                return
-        self._reject(ident, m, 503, "no model rank is ready to serve; retry shortly", "no_rank_available", span)
+                return None, rank
+        return self._reject(ident, m, 503, "no model rank is ready to serve; retry shortly", "no_rank_available")
 
-    def _reject(self, ident: bytes, m: Message, status: int, message: str, code: str, span: Any,
-                retry_after: int = 1) -> None:
+    def _reject(self, ident: bytes, m: Message, status: int, message: str, code: str,
+                retry_after: int = 1) -> tuple[str, None]:
         req_id = m.body["req_id"]
         rid, tid = tracing.ids_of(m.trace)
         log.warning("request rejected", extra={"event": "request.rejected", "request_id": rid, "trace_id": tid,
                                                "code": code})
-        span.set_attribute("error.type", code)
-        span.set_status(Status(StatusCode.ERROR, message))
         self.count("rejected_total")
         sockets.send_nowait(self.front, self.msg("reject", req_id=req_id, status=status, message=message, code=code,
                                                  retry_after=retry_after), to=ident)
+        return code, None
 
     def _finished(self, ident: bytes, m: Message) -> None:
         self._forget(m.body["req_id"])

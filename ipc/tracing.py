@@ -8,10 +8,17 @@ the base actor sends the queue to telemetry with its metrics every second (`take
 
 Across processes the W3C trace context travels in the message envelope's `tc` map (`traceparent`), next to
 `rid`, the request id the front gave the HTTP request, so router and rank log lines carry both.
+
+Spans whose start and end are both known when they are written (the router's routing, the rank's queue,
+prefill and decode, the front's parse) are recorded straight into the queue with `record`, in the same form,
+without an SDK span object: the SDK costs ~10x more per span (ids, locks, a ReadableSpan copy on end), and
+with tail sampling at 100% that was most of the tree's tracing cost per request. The SDK makes the spans
+that must be a live context: the front's request span and its children.
 """
 from __future__ import annotations
 
 import contextvars
+import random
 from typing import Any
 
 from opentelemetry import trace
@@ -25,6 +32,8 @@ _propagator = TraceContextTextMapPropagator()
 _queue: list[list[Any]] = []
 dropped = 0
 tracer: trace.Tracer = trace.NoOpTracer()
+enabled = False
+Ids = tuple[str, str | None, str]  # (trace id, parent span id or None, span id), hex
 
 # The request being served by the current task (front: set per HTTP request; router/rank: per message).
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
@@ -40,10 +49,11 @@ class _Queue(SpanProcessor):
         _queue.append(to_wire(span))
 
 
-def setup(enabled: bool) -> None:
-    """Make this process's tracer; disabled, every span is a no-op and nothing is queued."""
-    global tracer
-    if not enabled:
+def setup(on: bool) -> None:
+    """Make this process's tracer; off, every span is a no-op and nothing is queued."""
+    global tracer, enabled
+    enabled = on
+    if not on:
         tracer = trace.NoOpTracer()
         return
     provider = TracerProvider(sampler=ALWAYS_ON)
@@ -68,6 +78,48 @@ def to_wire(span: ReadableSpan) -> list[Any]:
             span.start_time, span.end_time, span.kind.value, dict(span.attributes or {}),
             [[e.name, e.timestamp, dict(e.attributes or {})] for e in span.events],
             span.status.status_code.value, span.status.description]
+
+
+def child_of(parent: Ids | None) -> Ids | None:
+    """Ids for a new span under `parent` (None when there is no trace to join)."""
+    return None if parent is None else (parent[0], parent[2], f"{random.getrandbits(64):016x}")
+
+
+def from_tc(tc: dict[str, Any]) -> Ids | None:
+    """Ids for a new span under the span a message's `tc` names; None without a valid traceparent or tracing."""
+    tp = tc.get("traceparent")
+    if not enabled or not isinstance(tp, str):
+        return None
+    parts = tp.split("-")
+    if len(parts) != 4 or len(parts[1]) != 32 or len(parts[2]) != 16:
+        return None
+    return child_of((parts[1], None, parts[2]))
+
+
+def current_ids() -> Ids | None:
+    """The current SDK span as a parent (e.g. the front's request span), None outside a recorded one."""
+    ctx = trace.get_current_span().get_span_context()
+    return (f"{ctx.trace_id:032x}", None, f"{ctx.span_id:016x}") if enabled and ctx.is_valid else None
+
+
+def traceparent(ids: Ids) -> dict[str, str]:
+    """The `tc` entry that makes `ids`' span the parent of the receiver's spans."""
+    return {"traceparent": f"00-{ids[0]}-{ids[2]}-01"}
+
+
+def record(ids: Ids | None, name: str, start_ns: int, end_ns: int, attrs: dict[str, Any] | None = None,
+           events: list[list[Any]] | None = None, error: str | None = None) -> None:
+    """Queue a finished span (INTERNAL kind) straight in wire form; `error` sets status ERROR and error.type."""
+    global dropped
+    if ids is None:
+        return
+    if len(_queue) >= MAX_QUEUED:
+        dropped += 1
+        return
+    attrs = attrs or {}
+    if error is not None:
+        attrs["error.type"] = error
+    _queue.append([name, ids[0], ids[2], ids[1], start_ns, end_ns, 0, attrs, events or [], 2 if error else 0, error])
 
 
 def inject(span: trace.Span | None = None) -> dict[str, Any]:

@@ -151,7 +151,7 @@ def record_submit(choices: list[Choice]) -> None:
             span.set_attribute("gen_ai.request.temperature", float(p["temperature"]))
 
 
-def record_tokens(front: Front, choice: Choice, last: dict[Choice, tuple[float, int, trace.Span]]) -> None:
+def record_tokens(front: Front, choice: Choice, last: dict[Choice, tuple]) -> None:
     """A batch of new tokens for `choice` (its `tokens` already counts them): TTFT on its first, else
     inter-token latency, the gap since the choice's previous batch per token of this batch (one observation
     per batch: the front hands tokens on in batches, and one bisect per batch keeps this cheap)."""
@@ -161,7 +161,7 @@ def record_tokens(front: Front, choice: Choice, last: dict[Choice, tuple[float, 
     if choice.tokens == (prev[1] if prev else 0):
         return  # a batch that only carries the finish
     # a choice's `parse` span runs from its first token to its end; it carries the time the parser took
-    last[choice] = (now, choice.tokens, prev[2] if prev else tracing.tracer.start_span("parse"))
+    last[choice] = (now, choice.tokens, prev[2] if prev else (time.time_ns(), tracing.child_of(tracing.current_ids())))
     rec = current()
     if prev is None:
         start = rec.start if rec is not None else now
@@ -178,11 +178,11 @@ def record_tokens(front: Front, choice: Choice, last: dict[Choice, tuple[float, 
         rec.itl_tokens += n
 
 
-def close_parse(last: dict[Choice, tuple[float, int, trace.Span]]) -> None:
-    """End the choices' parse spans, however the request ended."""
-    for c, (_, _, parse) in last.items():
-        parse.set_attribute("gptoss.parse_seconds", c.parse_s)
-        parse.end()
+def close_parse(last: dict[Choice, tuple[float, int, tuple[int, tracing.Ids | None]]]) -> None:
+    """Record the choices' parse spans, however the request ended."""
+    end = time.time_ns()
+    for c, (_, _, (start, ids)) in last.items():
+        tracing.record(ids, "parse", start, end, {"gptoss.parse_seconds": c.parse_s})
 
 
 def record_finished(front: Front, choices: list[Choice]) -> None:

@@ -14,8 +14,6 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable
 
-from opentelemetry.trace import Status, StatusCode, set_span_in_context
-
 from ...ipc import tracing
 from ...ipc.messages import Message
 
@@ -90,20 +88,14 @@ class Timings:
         self._spans(r, sched, first, end, finish, error)
 
     def _spans(self, r: _Req, sched: int, first: int, end: int, finish: str, error: str | None) -> None:
-        tracer = tracing.tracer
-        span = tracer.start_span("generate", context=tracing.extract(r.trace), start_time=r.admitted, attributes={
+        gen = tracing.from_tc(r.trace)
+        if gen is None:
+            return
+        tracing.record(gen, "generate", r.admitted, end, {
             "gen_ai.operation.name": "generate", "gen_ai.request.max_tokens": r.max_tokens,
             "gen_ai.usage.output_tokens": r.tokens, "gen_ai.response.finish_reasons": [finish],
-            "gptoss.rank": self.actor.name})
-        if not span.is_recording():
-            return
-        ctx = set_span_in_context(span)
-        for part, t0, t1 in (("queue", r.admitted, sched), ("prefill", sched, first), ("decode", first, end)):
-            child = tracer.start_span(part, context=ctx, start_time=t0)
-            if part == "decode" and r.first is not None:
-                child.add_event("first_token", timestamp=first)
-            child.end(end_time=t1)
-        if error is not None:
-            span.set_attribute("error.type", error)
-            span.set_status(Status(StatusCode.ERROR, error))
-        span.end(end_time=end)
+            "gptoss.rank": self.actor.name}, error=error)
+        tracing.record(tracing.child_of(gen), "queue", r.admitted, sched)
+        tracing.record(tracing.child_of(gen), "prefill", sched, first)
+        tracing.record(tracing.child_of(gen), "decode", first, end,
+                       events=[["first_token", first, {}]] if r.first is not None else None)

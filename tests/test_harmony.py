@@ -172,7 +172,7 @@ def test_text_after_return_is_ignored(tok, caplog):
 @pytest.mark.parametrize("text,content", [
     ("Hello there, no header at all.", "Hello there, no header at all."),
     ("garbage<|end|><|start|>assistant<|channel|>final<|message|>ok<|return|>", "garbageok"),
-    ("<|channel|>final hello<|return|>", "final hello"),  # missing <|message|>
+    ("<|channel|>final hello<|return|>", "hello"),  # missing <|message|>: the header word is not text
     ("<|channel|>banana<|message|>fruit<|end|>", "fruit"),  # unknown channel
     ("<|channel|>final<|message|>half<|start|>assistant<|channel|>final<|message|> more<|return|>", "half more"),
     ("<|channel|>final<|message|>a<|message|>b<|channel|>c<|return|>", "abc"),  # stray specials dropped

@@ -7,8 +7,15 @@ is a header (role, `<|channel|>NAME`, ` to=functions.NAME`, a content type such 
 (the turn is done). Special tokens are matched by id, never by decoding, so text that merely looks like
 `<|end|>` stays text; their ids come from the model's own tokenizer, so no vocabulary download is needed.
 
-A model's output is not trusted to be well formed: nothing here raises on it. Whatever cannot be parsed is
-degraded to plain content (a warning is logged once per request), so the client still sees the text.
+A model's output is not trusted to be well formed: nothing here raises on it, and it loses nothing and leaks
+nothing. A header that never got its `<|message|>` (it ran into `<|call|>`, `<|end|>`, another `<|start|>`, or
+went on too long) is read leniently: its longest prefix that is a header (`assistant<|channel|>commentary
+to=functions.f <|constrain|>json`) opens that message and the rest is the message's body, so a tool call
+without `<|message|>` is still a tool call. What has no header at all becomes plain content; markup (special
+tokens, header words) never reaches the text. Each malformed request is logged once with its request id and
+flagged (`malformed`, which the front counts as llm_harmony_malformed_total). Public reports against other
+gpt-oss servers that these rules answer are kept as a corpus with expected results in
+tests/test_harmony_corpus.py.
 """
 from __future__ import annotations
 
@@ -30,6 +37,14 @@ OTHER_ROLES = {"user", "system", "developer", "tool"}
 # holding it back any longer would only delay what will become content anyway.
 MAX_HEADER_TOKENS = 128
 _NAME = re.compile(r"^[A-Za-z_][\w.\-]*$")
+ROLES = {"assistant"} | OTHER_ROLES
+# The lenient reading of a header that lost its <|message|>: an optional role, a recipient before or after
+# the channel, an optional content type. A prefix of the text matches; whatever follows it is body.
+_LENIENT = re.compile(r"""\s*(?P<role>[A-Za-z_][\w\-]*(?:\.[\w\-]+)*)?
+    (?:\s*to=(?P<r1>[A-Za-z_][\w.\-]*))?
+    (?:\s*<\|channel\|>\s*(?P<channel>[A-Za-z_][\w\-]*)?)?
+    (?:\s*to=(?P<r2>[A-Za-z_][\w.\-]*))?
+    (?:\s*<\|constrain\|>\s*(?:[A-Za-z_][\w\-]*)?|\s+json(?![\w\-]))?""", re.X)
 
 
 @dataclass
@@ -118,9 +133,9 @@ class HarmonyParser:
         if self._state == "body":
             self._close()
         elif self._state == "header" and self._header:
-            # A cut-off header (it has a channel, or is just a role) carries no text for the client, and being
-            # cut off (max_tokens) is not malformed; anything else was plain text written without a header.
-            if not self._looks_like_header_start(self._header):
+            # A header cut off by max_tokens carries no text for the client, and being cut off is not malformed;
+            # anything else was text written without (or around) a header, and the client gets that text.
+            if not self._cut_off_header(self._header):
                 self._degrade("text without a message header")
                 self._close()
         self._state = "done"
@@ -194,7 +209,16 @@ class HarmonyParser:
         if parsed is None:
             self._degrade("unparseable header")
             return
-        role, channel, recipient = parsed
+        self._header = []
+        self._begin(*parsed)
+
+    def _begin(self, role: str, channel: str | None, recipient: str | None) -> None:
+        if channel is None and role.startswith("assistant") and role[len("assistant"):] in CHANNEL_KINDS:
+            self._warn("<|channel|> missing between role and channel")  # e.g. `assistantfinal<|message|>`
+            role, channel = "assistant", role[len("assistant"):]
+        elif channel is None and role in CHANNEL_KINDS:
+            self._warn("<|channel|> missing before the channel")  # e.g. `analysis<|message|>…`
+            role, channel = "", role
         self._state, self._detok = "body", Detokenizer(self.tok)
         if role and role != "assistant" and (role in OTHER_ROLES or "." in role):
             # The model is writing another speaker's turn (e.g. a made-up tool result): not our answer.
@@ -215,11 +239,27 @@ class HarmonyParser:
             self._kind = CHANNEL_KINDS.get(channel or "", "content")
 
     def _degrade(self, reason: str) -> None:
-        """Turn the pending header into the start of a plain-content body (its text is not lost)."""
+        """The pending header never became one: open the message its longest header-like prefix names (a
+        plain-content one if none) and make the rest of its ids that message's body. No text is lost, and
+        no header word or special token becomes text."""
         self._warn(reason)
         ids, self._header = self._header, []
-        self._state, self._kind, self._detok = "body", "content", Detokenizer(self.tok)
-        self._emit(self._detok.push(ids))  # specials in it are skipped by the decode
+        text = self._header_text(ids)
+        m = _LENIENT.match(text)
+        head = m.groupdict() if m else {}
+        if not (head.get("r1") or head.get("r2") or "<|channel|>" in m.group(0)):  # no header: it all is text
+            self._state, self._kind, self._detok = "body", "content", Detokenizer(self.tok)
+            self._emit(self._detok.push(ids))  # specials in it are skipped by the decode
+            return
+        self._begin(head["role"] or "", head["channel"], head["r1"] or head["r2"])
+        # the body starts inside the token where the header's prefix ends; the ids after it stream as usual
+        end, k = m.end(), 0
+        while k < len(ids) and len(self._header_text(ids[:k])) < end:
+            k += 1
+        rest = self._header_text(ids[:k])[end:].replace("<|constrain|>", "").replace("<|channel|>", "")
+        if self._detok is not None:
+            rest += self._detok.push(ids[k:])
+        self._emit(rest.lstrip())  # the space that separated header words from the body is header
 
     def _close(self) -> None:
         if self._detok is not None:
@@ -260,9 +300,13 @@ class HarmonyParser:
                 run.append(tid)
         return "".join(parts)
 
-    def _looks_like_header_start(self, ids: list[int]) -> bool:
+    def _cut_off_header(self, ids: list[int]) -> bool:
+        """Is this the start of a real header, all of it header words (as when max_tokens ends inside one)?"""
         text = self._header_text(ids)
-        return "<|channel|>" in text or "<|constrain|>" in text or text.split()[:1] in ([], ["assistant"])
+        m = _LENIENT.match(text)
+        rest, role = text[m.end():].strip(), m["role"]
+        return (not rest or "to=".startswith(rest) or "json".startswith(rest) or rest.startswith("to=")) and (
+            role is None or role in ROLES or "assistant".startswith(role) or role.startswith("functions."))
 
     def _warn(self, reason: str) -> None:
         if not self.malformed:  # once per request: a broken model would otherwise flood the log

@@ -10,8 +10,8 @@ harmony's `functions` namespace and the response_format as a "# Response Formats
   to=functions.NAME <|constrain|>json<|message|>`), and the parser is primed with the same ids, so whatever
   the model writes next parses as that call's arguments;
 - "required" with several tools: the header is pre-filled up to `to=functions.` and the model picks the name.
-parallel_tool_calls=false keeps only the first call. response_format is a prompt, not a grammar: the model is
-asked for that schema; nothing constrains the tokens.
+parallel_tool_calls=false keeps only the first call. The legacy `functions`/`function_call` are the same
+tools and tool_choice, answered in their own shape: one `function_call` instead of `tool_calls`.
 """
 from __future__ import annotations
 
@@ -112,14 +112,41 @@ def _delta(d: Delta) -> dict[str, Any]:
     return {"tool_calls": [piece]}
 
 
-def _message(out: Output, parallel: bool) -> dict[str, Any]:
-    calls = out.tool_calls if parallel else out.tool_calls[:1]
+def _legacy(body: dict[str, Any]) -> bool:
+    """Map the legacy functions API onto tools; True when the answer must come in its shape."""
+    if "functions" not in body:
+        if "function_call" in body:
+            raise invalid("function_call", "needs 'functions'")
+        return False
+    if "tools" in body or "tool_choice" in body:
+        raise invalid("functions", "cannot be combined with 'tools' or 'tool_choice'")
+    body["tools"] = body.pop("functions")
+    if "function_call" in body:
+        body["tool_choice"] = body.pop("function_call")
+    return True
+
+
+def _message(out: Output, parallel: bool, legacy: bool) -> dict[str, Any]:
+    calls = out.tool_calls if parallel and not legacy else out.tool_calls[:1]
     message: dict[str, Any] = {"role": "assistant", "content": out.content if out.content or not calls else None}
     if out.reasoning:
         message["reasoning_content"] = message["reasoning"] = out.reasoning
-    if calls:
+    if calls and legacy:
+        message["function_call"] = calls[0]["function"]
+    elif calls:
         message["tool_calls"] = calls
     return message
+
+
+def _legacy_delta(delta: dict[str, Any]) -> dict[str, Any]:
+    """A tool-call chunk delta in the functions API's shape (the only call: index 0)."""
+    if "tool_calls" not in delta:
+        return delta
+    return {"function_call": dict(delta["tool_calls"][0]["function"])}
+
+
+def _finish(reason: str | None, legacy: bool) -> str | None:
+    return "function_call" if legacy and reason == "tool_calls" else reason
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -127,6 +154,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if not front.accepting():
         raise APIError(503, "server is shutting down", "shutting_down")
     body = parse_body(front, await request.read(), CHAT)
+    legacy = _legacy(body)
     if "top_logprobs" in body and not body.get("logprobs"):
         raise invalid("top_logprobs", "needs 'logprobs': true")
     want_lp = bool(body.get("logprobs"))
@@ -134,35 +162,36 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                  body.get("max_completion_tokens", body.get("max_tokens")))
     with observe.span("render"):
         prompt_ids, prefill = render(front, body)
-    parallel = body.get("parallel_tool_calls", True)
+    parallel = body.get("parallel_tool_calls", True) and not legacy
     session = session_id(request.headers, body)
+    resp_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     choices, first = [], []
     for i in range(s.n):
-        parser = HarmonyParser(front.tokenizer)
+        parser = HarmonyParser(front.tokenizer, resp_id)
         first.append(parser.feed(prefill))  # the forced call's opening delta (id, name), if any
         choices.append(Choice(i, prompt_ids, s.params(front, len(prompt_ids), i, "messages"), parser,
                               StopStrings(s.stop), session=session))
     front.count("requests_total")
-    resp_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     tokens = lp.Tokens(front.tokenizer)
 
     if not body.get("stream"):
         async def build() -> dict[str, Any]:
             outs = await collect(front, choices, first)
             return {"id": resp_id, "object": "chat.completion", "created": created, "model": front.model_id,
-                    "choices": [{"index": o.choice.index, "message": _message(o, parallel),
-                                 "finish_reason": o.choice.finish,
+                    "choices": [{"index": o.choice.index, "message": _message(o, parallel, legacy),
+                                 "finish_reason": _finish(o.choice.finish, legacy),
                                  "logprobs": {"content": lp.chat(tokens, o.logprobs)} if want_lp else None}
                                 for o in outs],
                     "usage": usage(len(prompt_ids), choices)}
 
-        key = front.cache_key("chat", prompt_ids, [[c.params for c in choices], s.stop, parallel]) \
+        key = front.cache_key("chat", prompt_ids, [[c.params for c in choices], s.stop, parallel, legacy]) \
             if s.deterministic else None
         return await cached_answer(front, key, resp_id, created, build)
 
     def chunk(index: int, delta: dict[str, Any], finish: str | None = None, lps: list | None = None) -> bytes:
+        delta = _legacy_delta(delta) if legacy else delta
         return sse({"id": resp_id, "object": "chat.completion.chunk", "created": created, "model": front.model_id,
-                    "choices": [{"index": index, "delta": delta, "finish_reason": finish,
+                    "choices": [{"index": index, "delta": delta, "finish_reason": _finish(finish, legacy),
                                  "logprobs": {"content": lp.chat(tokens, lps)} if lps else None}]})
 
     async def events() -> AsyncIterator[bytes]:
@@ -171,7 +200,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                 b"".join(chunk(c.index, _delta(d)) for d in deltas)
         async with contextlib.aclosing(generate(front, choices)) as evs:
             async for ev in evs:
-                i, deltas = ev.choice.index, calls_kept(ev.deltas, parallel)
+                i, deltas = ev.choice.index, calls_kept(ev.deltas, None if parallel else 1)
                 # this batch's logprobs ride on its first chunk (an empty delta if stop strings hold its text back)
                 lps = ev.logprobs if want_lp and ev.logprobs else None
                 out = [chunk(i, _delta(d), lps=lps if k == 0 else None) for k, d in enumerate(deltas)]

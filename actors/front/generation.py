@@ -259,9 +259,9 @@ async def collect(front: Front, choices: list[Choice], first: list[list[Delta]] 
     return outs
 
 
-def calls_kept(deltas: list[Delta], parallel: bool) -> list[Delta]:
-    """parallel_tool_calls=false: the deltas of every tool call after the first are dropped."""
-    return deltas if parallel else [d for d in deltas if d.tool_call is None or d.tool_call.index == 0]
+def calls_kept(deltas: list[Delta], limit: int | None) -> list[Delta]:
+    """At most `limit` tool calls (parallel_tool_calls=false: 1; max_tool_calls): later calls' deltas dropped."""
+    return deltas if limit is None else [d for d in deltas if d.tool_call is None or d.tool_call.index < limit]
 
 
 def usage(prompt_tokens: int, choices: list[Choice]) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from typing import Any
 
 from . import params
 from .params import invalid
+from .sealing import unseal
 
 _TEXT_PARTS = {"input_text", "output_text", "text"}
 _MESSAGE_ROLES = {"user", "assistant", "system", "developer"}
@@ -58,6 +59,11 @@ def input_messages(raw: Any, p: str) -> list[dict[str, Any]]:
             if role == "assistant" and reasoning:
                 msg["reasoning_content"], reasoning = reasoning, ""
             messages.append(msg)
+        elif kind == "reasoning" and item.get("encrypted_content") is not None:
+            text = unseal(item["encrypted_content"]) if isinstance(item["encrypted_content"], str) else None
+            if text is None:
+                raise invalid(f"{param}.encrypted_content", "was not sealed by this server (or was altered)")
+            reasoning += text
         elif kind == "reasoning":
             parts = item.get("content") or item.get("summary") or []
             if not isinstance(parts, list) or not all(isinstance(p, dict) and isinstance(p.get("text"), str)

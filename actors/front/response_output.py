@@ -1,7 +1,8 @@
 """Harmony deltas → /v1/responses output items and their streamed events.
 
 One builder serves both modes: a streamed response sends the events as they come, a plain one only keeps
-`items`, so both build the very same output. Item boundaries follow the deltas: reasoning text opens a
+`items`, so both build the very same output. Asked for, the answer's token logprobs ride on the output_text
+deltas and parts, and a reasoning item carries its text sealed (`encrypted_content`, sealing.py). Item boundaries follow the deltas: reasoning text opens a
 `reasoning` item, content a `message` item, and each tool call (a new index) a `function_call` item; a change
 of kind closes the open item with its `.done` events, as OpenAI's stream does.
 """
@@ -11,6 +12,7 @@ import secrets
 from typing import Any
 
 from .harmony import Delta
+from .sealing import seal
 
 Event = dict[str, Any]
 
@@ -20,14 +22,18 @@ def _id(prefix: str) -> str:
 
 
 class OutputBuilder:
-    def __init__(self) -> None:
+    def __init__(self, sealed: bool = False) -> None:
         self.items: list[dict[str, Any]] = []
+        self.sealed = sealed  # reasoning items carry encrypted_content
         self._open: dict[str, Any] | None = None  # the item being streamed
         self._call_index: int | None = None  # harmony's index of the open function call
+        self._logprobs: list[dict[str, Any]] = []  # answer logprobs not yet attached to a text delta
 
     # ---- in ------------------------------------------------------------------------------------------
 
-    def feed(self, deltas: list[Delta]) -> list[Event]:
+    def feed(self, deltas: list[Delta], logprobs: list[dict[str, Any]] | None = None) -> list[Event]:
+        """One batch's deltas; `logprobs` (OpenAI's shape) are its answer tokens' logprobs, if asked for."""
+        self._logprobs += logprobs or []
         events: list[Event] = []
         for d in deltas:
             if d.reasoning is not None:
@@ -59,7 +65,7 @@ class OutputBuilder:
             events += self._add(item)
             part = {"type": "reasoning_text" if kind == "reasoning" else "output_text", "text": ""}
             if kind == "message":
-                part["annotations"] = []
+                part["annotations"], part["logprobs"] = [], []
             events.append(self._part_event("response.content_part.added", part))
             item["content"].append(part)
         part = self._open["content"][-1]
@@ -68,7 +74,8 @@ class OutputBuilder:
         ev = {"type": delta_type, "item_id": self._open["id"], "output_index": len(self.items) - 1,
               "content_index": 0, "delta": text}
         if kind == "message":
-            ev["logprobs"] = []
+            ev["logprobs"], self._logprobs = self._logprobs, []
+            part["logprobs"] += ev["logprobs"]
         events.append(ev)
         return events
 
@@ -108,9 +115,13 @@ class OutputBuilder:
             if item["type"] == "reasoning":
                 events.append({"type": "response.reasoning_text.done", "item_id": item["id"], "output_index": index,
                                "content_index": 0, "text": part["text"]})
+                if self.sealed:
+                    item["encrypted_content"] = seal(part["text"])
             else:
+                part["logprobs"] += self._logprobs  # tokens whose text the detokenizer held to the end
+                self._logprobs = []
                 events.append({"type": "response.output_text.done", "item_id": item["id"], "output_index": index,
-                               "content_index": 0, "text": part["text"], "logprobs": []})
+                               "content_index": 0, "text": part["text"], "logprobs": part["logprobs"]})
             events.append(self._part_event("response.content_part.done", part))
         item["status"] = "completed"
         events.append({"type": "response.output_item.done", "output_index": index, "item": item})

@@ -7,7 +7,11 @@ not send the events.
 
 `previous_response_id` continues a stored conversation (response_store.py, kept durably by the cache actor):
 the stored messages (earlier input and output, never earlier `instructions`) come first, then this request's
-input. A response is stored unless `store` is false. Logprobs are not offered here (use chat completions).
+input. A response is stored unless `store` is false; `include: ["reasoning.encrypted_content"]` hands the
+reasoning to a stateless client sealed instead (sealing.py), and it comes back as input. `truncation: "auto"`
+drops the oldest conversation items until the prompt fits the context; `max_tool_calls` keeps that many calls;
+`top_logprobs` with `include: ["message.output_text.logprobs"]` puts the answer's token logprobs on its
+output_text.
 
 `background: true` answers at once with the response `queued` (stored, so GET can poll it), or with `stream`
 its events as they come, and generates in a task of this front (background.py: polling, cancel, resuming a
@@ -23,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from . import logprobs as lp
 from . import observe, params
 from .background import Job
 from . import response_input as ri
@@ -39,7 +44,7 @@ from .generation import (
     submit,
 )
 from .harmony import HarmonyParser
-from .params import SAMPLING, Table, invalid, parse_body
+from .params import HOSTED, SAMPLING, Table, invalid, parse_body
 from .response_output import OutputBuilder, items_to_messages
 from .response_store import ResponseStore
 from .session import session_id
@@ -48,6 +53,10 @@ if TYPE_CHECKING:
     from .actor import Front
 
 STORE = web.AppKey("responses", ResponseStore)
+INCLUDABLE = ("reasoning.encrypted_content", "message.output_text.logprobs",
+              # outputs of OpenAI's hosted tools, none of which runs here: accepted, nothing to include
+              "file_search_call.results", "web_search_call.results", "web_search_call.action.sources",
+              "message.input_image.image_url", "computer_call_output.output.image_url", "code_interpreter_call.outputs")
 JOBS = web.AppKey("background", dict)  # response id -> its background.Job, while running and KEEP_S after
 
 RESPONSES = Table({
@@ -65,8 +74,20 @@ RESPONSES = Table({
     "reasoning": lambda v, p: params.fields(v, p, {"effort": params.one_of(*params.EFFORTS),
                                                    "summary": params.one_of("auto", "concise", "detailed")}),
     "text": ri.text_format,
-    "metadata": lambda v, p: {k: params.string(512)(x, f"{p}.{k}") for k, x in params.obj(v, p).items()},
-    "truncation": params.one_of("disabled"),  # nothing is ever dropped silently from a conversation
+    "metadata": params.metadata,
+    "truncation": params.one_of("auto", "disabled"),
+    "include": lambda v, p: [params.one_of(*INCLUDABLE)(x, f"{p}[{i}]") for i, x in
+                             enumerate(params.array(v, p, 0, len(INCLUDABLE)))],
+    "max_tool_calls": params.integer(0, params.MAX_TOOLS),
+    "top_logprobs": params.integer(0, params.MAX_TOP_LOGPROBS),
+    "stream_options": lambda v, p: params.fields(v, p, {"include_obfuscation": params.boolean}),  # no effect
+    **HOSTED,
+    # no effect: request options of OpenAI's hosted service (scheduling windows, access tiers, image
+    # compression) and compaction, which never triggers here (truncation is the way to fit the context)
+    "background_options": params.no_effect, "access_programs": params.no_effect, "image": params.no_effect,
+    "context_management": params.no_effect,
+    "conversation": params.refused("conversation objects; continue a conversation with previous_response_id"),
+    "prompt": params.refused("stored prompt templates; send the instructions and input"),
 }, ("model", "input"))
 
 
@@ -111,19 +132,21 @@ async def create(request: web.Request) -> web.StreamResponse:
     background = body.get("background", False)
     if background and not body.get("store", True):
         raise invalid("background", "a background response must be stored ('store' cannot be false)")
-    with observe.span("render"):
-        prompt_ids, prefill = render(front, _chat_body(body, conversation, effort))
-    s = params.sampling(body, None, body.get("max_output_tokens"))
-    parser = HarmonyParser(front.tokenizer)
+    include = body.get("include", [])
+    want_lp = "message.output_text.logprobs" in include
+    s = params.sampling(body, body.get("top_logprobs", 0) if want_lp else None, body.get("max_output_tokens"))
+    conversation, prompt_ids, prefill, gen = _fit(front, body, conversation, effort, s)
+    resp_id, created = f"resp_{uuid.uuid4().hex}", int(time.time())
+    parser = HarmonyParser(front.tokenizer, resp_id)
     first = parser.feed(prefill)  # a forced call's opening delta (id, name), if tool_choice forces one
-    choice = Choice(0, prompt_ids, s.params(front, len(prompt_ids), 0, "input"), parser, StopStrings([]),
-                    session=session_id(request.headers, body))
+    choice = Choice(0, prompt_ids, gen, parser, StopStrings([]), session=session_id(request.headers, body))
     parallel = body.get("parallel_tool_calls", True)
+    limit = 1 if not parallel else body.get("max_tool_calls")
+    tokens = lp.Tokens(front.tokenizer)
     front.count("requests_total")
 
-    resp_id, created = f"resp_{uuid.uuid4().hex}", int(time.time())
     echo = _echo(body)
-    builder = OutputBuilder()
+    builder = OutputBuilder(sealed="reasoning.encrypted_content" in include)
 
     def response(status: str, error: dict[str, Any] | None = None) -> dict[str, Any]:
         started = status in ("queued", "in_progress")
@@ -132,7 +155,7 @@ async def create(request: web.Request) -> web.StreamResponse:
                 "model": front.model_id, "output": [] if started else builder.items,
                 "previous_response_id": prev, "background": background,
                 "reasoning": {"effort": effort, "summary": None}, "store": body.get("store", True),
-                "temperature": s.wire["temperature"], "top_p": s.wire["top_p"], "truncation": "disabled",
+                "temperature": s.wire["temperature"], "top_p": s.wire["top_p"],
                 "parallel_tool_calls": parallel, "usage": None if started else _usage(len(prompt_ids), choice),
                 **echo}
 
@@ -140,10 +163,10 @@ async def create(request: web.Request) -> web.StreamResponse:
         """Lists of events, ending with the final response's; the response is stored once it is whole."""
         yield [{"type": "response.created", "response": response("in_progress")},
                {"type": "response.in_progress", "response": response("in_progress")},
-               *builder.feed(calls_kept(first, parallel))]
+               *builder.feed(calls_kept(first, limit))]
         async with contextlib.aclosing(generate(front, [choice])) as events:
             async for ev in events:
-                yield builder.feed(calls_kept(ev.deltas, parallel))
+                yield builder.feed(calls_kept(ev.deltas, limit), lp.chat(tokens, ev.logprobs) if want_lp else None)
         status = "incomplete" if choice.finish == "length" else "completed"
         final = builder.close(status)
         done = response(status)
@@ -184,12 +207,34 @@ async def create(request: web.Request) -> web.StreamResponse:
     return await stream_sse(request, front, [choice], sse_events, done=b"")  # Responses streams end without [DONE]
 
 
+def _fit(front: Front, body: dict[str, Any], conversation: list[dict[str, Any]], effort: str | None,
+         s: params.Sampling) -> tuple[list[dict[str, Any]], list[int], list[int], dict[str, Any]]:
+    """(conversation, prompt ids, pre-filled ids, generate params). With truncation "auto" a conversation too
+    long for the context loses its oldest items (a tool result whose call went goes too) until it fits."""
+    while True:
+        with observe.span("render"):
+            prompt_ids, prefill = render(front, _chat_body(body, conversation, effort))
+        try:
+            return conversation, prompt_ids, prefill, s.params(front, len(prompt_ids), 0, "input")
+        except APIError as exc:
+            rest = [m for m in conversation if m["role"] not in ("system", "developer")]
+            if body.get("truncation") != "auto" or exc.code != "context_length_exceeded" or len(rest) <= 1:
+                raise
+            drop = conversation.index(rest[0])
+            conversation = conversation[:drop] + conversation[drop + 1:]
+            while len(conversation) > drop + 1 and conversation[drop]["role"] == "tool":
+                conversation = conversation[:drop] + conversation[drop + 1:]
+
+
 def _echo(body: dict[str, Any]) -> dict[str, Any]:
     """Request fields a response object repeats, back in the Responses API's own shapes."""
     rf = body.get("text", {"type": "text"})
     choice = body.get("tool_choice", "auto")
     return {"instructions": body.get("instructions"), "max_output_tokens": body.get("max_output_tokens"),
             "metadata": body.get("metadata", {}), "user": body.get("user"),
+            "truncation": body.get("truncation", "disabled"), "max_tool_calls": body.get("max_tool_calls"),
+            "top_logprobs": body.get("top_logprobs"), "service_tier": body.get("service_tier", "default"),
+            "safety_identifier": body.get("safety_identifier"), "prompt_cache_key": body.get("prompt_cache_key"),
             "tools": [{"type": "function", **t["function"]} for t in body.get("tools", [])],
             "tool_choice": {"type": "function", **choice["function"]} if isinstance(choice, dict) else choice,
             "text": {"format": {"type": "json_schema", **rf["json_schema"]} if rf["type"] == "json_schema"

@@ -9,8 +9,11 @@ Penalties follow OpenAI: logit[t] -= frequency_penalty * count(t) + presence_pen
 the tokens the request generated so far (as vLLM). Counts live in a per-slot [slots, vocab] table,
 allocated only once a penalized request shows up and rebuilt from the generated tokens on (re)admission.
 
-Logprobs (vLLM's default): from log_softmax of the raw logits (before penalties and temperature), for the
-chosen token and the top-N alternatives; computed only for the rows that asked.
+logit_bias (OpenAI's: a per-request {token id: -100..100} added to the logits) comes before penalties; a row
+without one costs nothing.
+
+Logprobs (vLLM's default): from log_softmax of the raw logits (before bias, penalties and temperature), for
+the chosen token and the top-N alternatives; computed only for the rows that asked.
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
     logprobs: int | None = None  # number of top alternatives to return per token; None: no logprobs
+    logit_bias: list[tuple[int, float]] = field(default_factory=list)
 
     @classmethod
     def from_wire(cls, params: dict[str, Any], default_max_tokens: int) -> SamplingParams:
@@ -56,10 +60,12 @@ class SamplingParams:
             frequency_penalty=float(get("frequency_penalty", 0.0)),
             presence_penalty=float(get("presence_penalty", 0.0)),
             logprobs=None if params.get("logprobs") is None else int(params["logprobs"]),
+            logit_bias=[(int(t), float(b)) for t, b in get("logit_bias", [])],
         )
         if (p.max_tokens < 1 or p.temperature < 0 or not 0 < p.top_p <= 1 or p.top_k < 0
                 or not -2 <= p.frequency_penalty <= 2 or not -2 <= p.presence_penalty <= 2
-                or (p.logprobs is not None and not 0 <= p.logprobs <= MAX_LOGPROBS)):
+                or (p.logprobs is not None and not 0 <= p.logprobs <= MAX_LOGPROBS)
+                or any(t < 0 or not -100 <= b <= 100 for t, b in p.logit_bias)):
             raise ValueError(f"invalid sampling parameters {params}")
         return p
 
@@ -106,6 +112,12 @@ class Sampler:
         dev = logits.device
         raw = logits.float()
         x = raw
+        biased = [i for i, r in enumerate(reqs) if r.params.logit_bias]
+        if biased:
+            x = raw.clone()
+            for i in biased:  # an id past this model's vocabulary (the front checks its tokenizer's) is ignored
+                ids, bias = zip(*[(t, b) for t, b in reqs[i].params.logit_bias if t < x.shape[1]] or [(0, 0.0)])
+                x[i, torch.tensor(ids, device=dev)] += torch.tensor(bias, device=dev)
         pen = [i for i, r in enumerate(reqs) if r.params.penalized]
         if pen:
             rows = torch.tensor(pen, device=dev)
@@ -113,7 +125,7 @@ class Sampler:
             c = self.counts[slots]
             fp = torch.tensor([reqs[i].params.frequency_penalty for i in pen], device=dev)[:, None]
             pp = torch.tensor([reqs[i].params.presence_penalty for i in pen], device=dev)[:, None]
-            x = raw.index_put((rows,), raw[rows] - fp * c - pp * (c > 0))
+            x = x.index_put((rows,), x[rows] - fp * c - pp * (c > 0))
         rand = [i for i, r in enumerate(reqs) if r.params.temperature != 0]
         tokens = torch.argmax(x, dim=-1)
         if rand:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import time
 
 import httpx
 import pytest
+import yaml
 from tree import Tree, wait_for
 
 from gptoss.models.loader import load_tokenizer
@@ -128,6 +130,32 @@ def test_critical_pressure_sheds_evicts_idle_sessions_and_cancel_frees_kv(tree):
     assert tree.post(f"/v1/responses/{big['id']}/cancel").json()["status"] == "cancelled"
     plain = tree.post("/v1/responses", json={"model": M, "input": "hi", "max_output_tokens": 4}).json()
     assert tree.post(f"/v1/responses/{plain['id']}/cancel").status_code == 400
+
+
+def rank_tokens(tree: Tree) -> int:
+    return tree.ctl("bundle")["actors"]["rank-0"]["tokens_total"]
+
+
+def test_no_cached_answer_of_the_old_checkpoint_after_a_reload_onto_another(tree, tmp_path):
+    ask = {"model": M, "messages": [{"role": "user", "content": "cache me"}], "max_tokens": 8, "temperature": 0}
+    first = tree.post("/v1/chat/completions", json=ask).json()
+    before = rank_tokens(tree)
+    assert tree.post("/v1/chat/completions", json=ask).json()["choices"] == first["choices"]
+    assert rank_tokens(tree) == before  # the repeat came from the response cache
+    other = tmp_path / "tiny-copy"
+    shutil.copytree(ensure_tiny(), other)
+    cfg = yaml.safe_load(tree.config_path.read_text())
+    tree.config_path.write_text(yaml.safe_dump({**cfg, "model": str(other)}))
+    old = tree.pid("rank-0")
+    tree.signal(signal.SIGHUP)  # systemctl reload: re-read the config, roll the ranks onto the new checkpoint
+
+    def rolled() -> bool:
+        rank = tree.ctl("status")["actors"]["rank-0"]
+        return rank["pid"] != old and rank["state"] == "ready" and not rank["drained"] \
+            and str(other) in rank["load"].get("model_identity", "")
+    wait_for(rolled, 120, "rank-0 serving the new checkpoint")
+    assert tree.post("/v1/chat/completions", json=ask).status_code == 200
+    assert rank_tokens(tree) > 0  # the new rank generated it: the old checkpoint's cached answer was not served
 
 
 KEPT: dict[str, dict] = {}  # responses the kill -9 test leaves for the full-restart test

@@ -33,12 +33,10 @@ class Front(Actor):
     kind = "front"
 
     async def setup(self) -> None:
-        from ...models.identity import model_identity
         from ...models.loader import load_tokenizer
 
         self.tokenizer = await asyncio.to_thread(load_tokenizer, Path(self.cfg["model_path"]))
         self.model_id = served_name(self.cfg["model"])
-        self.model_identity = await asyncio.to_thread(model_identity, self.cfg)
         self.draining = False
         self.router = sockets.socket(self.ctx, zmq.DEALER, identity=self.name)
         # IMMEDIATE: no queueing for a router that is not connected; the client gets a 503 at once instead
@@ -142,9 +140,15 @@ class Front(Actor):
             self.count("orphan_tokens_total")
 
     # ---- response cache ------------------------------------------------------------------------------
-    def cache_key(self, kind: str, prompt_ids: list[int], params: dict[str, Any]) -> str:
-        """Scoped by the model's identity: no answer of one checkpoint is ever served for another."""
-        return hashlib.sha256(orjson.dumps([self.model_identity, kind, prompt_ids, params],
+    def cache_key(self, kind: str, prompt_ids: list[int], params: dict[str, Any]) -> str | None:
+        """Scoped by the identity of the model the ranks serve (models/identity.py, in each rank's load), so no
+        answer of one checkpoint is ever served for another. None, so no caching at all, while the serving
+        ranks disagree (a reload rolling through them) or none has reported yet."""
+        ids = {a.get("load", {}).get("model_identity") for a in self.rank_states().values()
+               if a.get("state") == "ready" and not a.get("drained")}
+        if len(ids) != 1 or None in ids:
+            return None
+        return hashlib.sha256(orjson.dumps([ids.pop(), kind, prompt_ids, params],
                                            option=orjson.OPT_SORT_KEYS)).hexdigest()
 
     async def cache_get(self, key: str) -> dict[str, Any] | None:

@@ -22,6 +22,7 @@ import zmq
 
 from ...ipc import sockets
 from ...ipc.messages import Message
+from ...models.identity import model_identity
 from ..base import Actor
 from .build import build_engine
 from .engine import QueueFull
@@ -57,6 +58,7 @@ class Rank(Actor):
         started = time.monotonic()
         self.engine, self.group, dtype = await build_engine(self.cfg)
         self.default_max_tokens = int(self.cfg["engine"]["default_max_tokens"])
+        self.model_identity = await asyncio.to_thread(model_identity, self.cfg)  # what the front's cache keys carry
         self.device = str(self.engine.device)
         self.vocab_size = int(self.engine.runner.model.config.vocab_size)
         log.info("model loaded", extra={"event": "model_loaded", "device": self.device, "dtype": str(dtype),
@@ -79,7 +81,8 @@ class Rank(Actor):
                 self._engine_loop(), self._report_load()]
 
     def load(self) -> dict[str, Any]:
-        return {**self.engine.load(), "draining": self.draining, "gpu": gpu_memory()}
+        return {**self.engine.load(), "draining": self.draining, "gpu": gpu_memory(),
+                "model_identity": self.model_identity}
 
     def state(self) -> dict[str, Any]:
         return {"rank": self.args.rank, "device": self.device, **self.load(),

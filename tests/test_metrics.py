@@ -78,11 +78,14 @@ def test_series_are_per_actor_so_a_restart_is_one_clean_counter_reset():
     key = instruments.key("llm_request_queue_time_seconds", {"rank": "rank-0"})
     tree = {n: {"state": "ready", "pid": i, "restarts": 0} for i, n in enumerate(["rank-0", "rank-1"])}
     tree["rank-1"]["load"] = {"gpu": {"cuda:0": {"allocated_bytes": 5e9, "total_bytes": 8e10}}}
-    sources = {"rank-0": _source(0, {"preemptions_total": 4.0}, {key: h.wire(), "bogus{x=\"1\"}": [1, 2]}),
+    sources = {"rank-0": _source(0, {"preemptions_total": 4.0, "prefix_cache_queries_total": 100.0,
+                                     "prefix_cache_hits_total": 30.0}, {key: h.wire(), "bogus{x=\"1\"}": [1, 2]}),
                "rank-1": _source(1, {"preemptions_total": 1.0})}
     s = _samples(exposition.render(tree, sources, {"model": "m", "profile": "p"}, time.time()))
     assert s['llm_preemptions_total{actor="rank-0",model="m",profile="p",rank="rank-0"}'] == 4.0
     assert s['llm_preemptions_total{actor="rank-1",model="m",profile="p",rank="rank-1"}'] == 1.0
+    assert s['llm_cache_hits_total{actor="rank-0",cache="prefix",model="m",profile="p"}'] == 30.0  # tokens
+    assert s['llm_cache_misses_total{actor="rank-0",cache="prefix",model="m",profile="p"}'] == 70.0
     base = 'actor="rank-0",{}model="m",profile="p",rank="rank-0"'
     assert s["llm_request_queue_time_seconds_bucket{" + base.format('le="0.005",') + "}"] == 1.0
     assert s["llm_request_queue_time_seconds_bucket{" + base.format('le="0.5",') + "}"] == 2.0

@@ -56,11 +56,11 @@ def worst(levels: list[str]) -> str:
 
 
 def kv_frac(load: dict[str, Any]) -> float:
-    """Share of a rank's KV blocks held by requests. Cached prefix blocks that no request holds can be
-    reclaimed at once, so they are not pressure."""
+    """Share of a rank's KV blocks held by requests: the rank's kv_blocks_used, which leaves out cached prefix
+    blocks no request holds (those are reclaimed at once when a block is needed, so they are not pressure;
+    `cached_blocks` counts every registered block, held or not, and is shown beside it)."""
     total = load.get("kv_blocks_total") or 0
-    held = (load.get("kv_blocks_used") or 0) - (load.get("cached_blocks") or 0)
-    return max(0.0, held / total) if total else 0.0
+    return min(1.0, (load.get("kv_blocks_used") or 0) / total) if total else 0.0
 
 
 class MemoryGuard(Actor):

@@ -69,6 +69,8 @@ def test_memory_stats_show_ranks_host_and_sessions(tree):
     assert session["rank"] == "rank-0" and session["active"] == 0
     assert session["tokens"] == r.json()["usage"]["total_tokens"]
     assert body["thresholds"]["kv"] == {"elevated": 0.3, "critical": 0.5}
+    # the active profile is shown in /health and the debug bundle
+    assert tree.health()[1]["profile"] == "balanced" and tree.ctl("bundle")["profile"] == "balanced"
 
 
 def test_background_response_is_polled_to_completion(tree):

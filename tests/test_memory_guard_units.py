@@ -21,9 +21,10 @@ def test_levels_and_the_worst_of_them():
         Thresholds(0.9, 0.8)
 
 
-def test_cached_prefix_blocks_are_not_pressure():
+def test_kv_share_is_what_requests_hold():
     assert kv_frac({"kv_blocks_used": 50, "kv_blocks_total": 100}) == 0.5
-    assert kv_frac({"kv_blocks_used": 50, "kv_blocks_total": 100, "cached_blocks": 30}) == 0.2
+    # cached_blocks counts registered blocks, held or not: the held ones are already in kv_blocks_used
+    assert kv_frac({"kv_blocks_used": 50, "kv_blocks_total": 100, "cached_blocks": 80}) == 0.5
     assert kv_frac({}) == 0.0  # a rank that has not reported yet
 
 

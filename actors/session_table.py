@@ -33,6 +33,9 @@ class SessionTable:
         return len(self._items)
 
     def use(self, session: str, rank: str | None, tokens: int, active: int) -> None:
+        """A request of `session` started (rank not known yet: None keeps the last one) or ended."""
+        if rank is None and session in self._items:
+            rank = self._items[session].rank
         self._items[session] = Session(rank, max(0, tokens), max(0, active), time.time())
         self._items.move_to_end(session)
         while len(self._items) > self.max_sessions:

@@ -61,7 +61,9 @@ def test_memory_stats_show_ranks_host_and_sessions(tree):
     r = tree.post("/v1/chat/completions", headers={"X-Session-ID": "conv-a"},
                   json={"model": M, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 6})
     assert r.status_code == 200
-    body = wait_for(lambda: (s := stats(tree))["sessions"].get("conv-a") and s, 10, "session in /memory_stats")
+    # the session's start and end are both reported; wait for the end (its rank and tokens)
+    body = wait_for(lambda: (s := stats(tree))["sessions"].get("conv-a", {}).get("rank") and s, 10,
+                    "session in /memory_stats")
     assert body["memory_pressure"] == "ok" and body["host"]["total_bytes"] > 0
     rank = body["ranks"]["rank-0"]
     assert rank["kv_blocks_total"] == 2048 // 16 and rank["level"] == "ok"

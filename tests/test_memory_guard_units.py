@@ -31,10 +31,12 @@ def test_kv_share_is_what_requests_hold():
 def test_idle_sessions_are_evicted_once_then_forgotten():
     table = SessionTable(idle_s=0.05, forget_s=0.3, max_sessions=2)
     table.use("a", "rank-0", 100, 0)
-    table.use("busy", "rank-0", 50, 1)
+    table.use("busy", "rank-0", 50, 0)
+    table.use("busy", None, 20, 1)  # a new request started: still on rank-0, now in flight
     time.sleep(0.06)
     assert table.evict_idle("rank-1") == []  # another rank's pressure is not a's business
     assert table.evict_idle("rank-0") == ["a"]  # busy has a request in flight
+    assert table.largest(5)["busy"]["rank"] == "rank-0"
     assert table.evict_idle("rank-0") == []  # handed out once
     assert table.largest(5)["a"]["tokens"] == 0 and table.largest(5)["a"]["evicted"]
     table.use("c", "rank-1", 10, 0)  # bounded: the least recently used goes
@@ -47,13 +49,14 @@ def test_idle_sessions_are_evicted_once_then_forgotten():
 def test_session_concurrency_limit_and_reports():
     reports = []
     s = Sessions(2, lambda *a: reports.append(a))
-    s.start("x", 2)
+    s.start("x", 2, 30)
+    assert reports == [("x", None, 30, 2)]  # a start is reported too: the session is busy, not idle
     with pytest.raises(APIError) as exc:
-        s.start("x", 1)
+        s.start("x", 1, 30)
     assert exc.value.status == 429 and exc.value.retry_after == 1
-    s.start(None, 5)  # no session, no limit
+    s.start(None, 5, 30)  # no session, no limit
     s.end("x", "rank-0", 40)
-    s.start("x", 1)
+    s.start("x", 1, 30)
     s.end("x", "rank-0", 41)
     s.end("x", "rank-0", 42)
     assert s.active == {} and reports[-1] == ("x", "rank-0", 42, 0)

@@ -176,7 +176,7 @@ def submit(front: Front, choices: list[Choice]) -> None:
     observe.record_submit(choices)
     for c in choices:
         try:
-            front.sessions.start(c.session, 1)
+            front.sessions.start(c.session, 1, len(c.prompt_ids))
             c.counted = True
             c.pending = front.streams.submit(c.prompt_ids, c.params, c.session)
         except APIError as exc:

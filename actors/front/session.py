@@ -33,16 +33,17 @@ def session_id(headers: Mapping[str, str], body: Mapping[str, Any]) -> str | Non
 
 class Sessions:
     """The front's count of each session's requests in flight: the per-session concurrency limit
-    (`memory.session_max_concurrent`, 0 = none) is applied here, and each end of a session's request is
-    reported to the memory guard (`report(session, rank, tokens, active)`, fire-and-forget)."""
+    (`memory.session_max_concurrent`, 0 = none) is applied here, and each start and end of a session's
+    request is reported to the memory guard (`report(session, rank, tokens, active)`, fire-and-forget), so a
+    session with a long request in flight is never taken for idle."""
 
     def __init__(self, max_concurrent: int, report: Callable[[str, str | None, int, int], None]) -> None:
         self.max_concurrent = max_concurrent
         self.report = report
         self.active: dict[str, int] = {}
 
-    def start(self, session: str | None, n: int) -> None:
-        """Admit n rank requests of `session`, or refuse them all with a 429."""
+    def start(self, session: str | None, n: int, tokens: int) -> None:
+        """Admit n rank requests of `session` (prompts of `tokens`), or refuse them all with a 429."""
         if session is None:
             return
         now = self.active.get(session, 0)
@@ -50,6 +51,7 @@ class Sessions:
             raise APIError(429, f"session {session!r} already has {now} requests in flight (limit "
                                 f"{self.max_concurrent}); retry when one ends", "session_limit")
         self.active[session] = now + n
+        self.report(session, None, tokens, now + n)
 
     def end(self, session: str | None, rank: str | None, tokens: int) -> None:
         if session is None:

@@ -30,6 +30,7 @@ from .memory_guard import LEVELS
 
 
 log = logging.getLogger("router")
+RECONCILE_AFTER_S = 2.0
 
 
 class Router(Actor):
@@ -46,6 +47,7 @@ class Router(Actor):
         self.pressure: dict[str, Any] = {"level": "ok", "ranks": {}}  # the memory guard's latest publication
         self.retry_after = int(self.cfg["memory"]["retry_after_s"])
         self.inflight: dict[str, str] = {}  # req_id -> rank
+        self.routed_at: dict[str, float] = {}  # req_id -> when we sent it, for reconciling with load reports
         self.per_rank: dict[str, int] = {}
         self.reported: dict[str, dict[str, Any]] = {}  # rank -> its last load message
 
@@ -85,6 +87,7 @@ class Router(Actor):
                 self._forget(req_id)
 
     def _forget(self, req_id: str) -> None:
+        self.routed_at.pop(req_id, None)
         rank = self.inflight.pop(req_id, None)
         if rank is not None:
             self.per_rank[rank] = max(0, self.per_rank.get(rank, 0) - 1)
@@ -116,6 +119,7 @@ class Router(Actor):
             # ROUTER_MANDATORY makes a send to a rank that is not connected fail here instead of vanishing.
             if sockets.send_nowait(self.ranks, m, to=rank.encode()):
                 self.inflight[req_id] = rank
+                self.routed_at[req_id] = time.monotonic()
                 self.per_rank[rank] = self.per_rank.get(rank, 0) + 1
                 self.count("routed_total", rank=rank)
                 log.info("request routed", extra={"event": "request.routed", "request_id": rid, "trace_id": tid,
@@ -146,6 +150,19 @@ class Router(Actor):
             self.count("unknown_peer_total")
             return
         self.reported[name] = m.body
+        self._reconcile(name, m.body.get("requests"))
+
+    def _reconcile(self, rank: str, owned: Any) -> None:
+        """Forget what we routed to `rank` that it no longer owns (its `finished` was lost). Only entries older
+        than RECONCILE_AFTER_S: a report may have left the rank before a request we just sent arrived there."""
+        if not isinstance(owned, list):
+            return
+        owned_set = set(owned)
+        cutoff = time.monotonic() - RECONCILE_AFTER_S
+        for req_id in [r for r, n in self.inflight.items() if n == rank and r not in owned_set
+                       and self.routed_at.get(r, 0.0) < cutoff]:
+            self._forget(req_id)
+            self.count("inflight_reconciled_total")
 
     def _pressure(self, m: Message) -> None:
         self.pressure = m.body

@@ -62,6 +62,9 @@ SCHEMAS: dict[str, dict[str, tuple[type, ...]]] = {
     # One envelope per step instead of one per request per step: at 32+ streams the per-message cost (encode,
     # send, receive, decode) was a real share of both processes' time.
     "tokens": {"items": _LIST},
+    # rank -> front, on the same PUSH as its tokens (so it always comes first): the rank's queue took the
+    # request. The front commits a 200 stream only after this (admission before the stream).
+    "accepted": {"req_id": _STR},
     "failed": {"req_id": _STR, "status": _INT, "message": _STR, "code": _STR},
     # rank -> router
     "load": {"rank": _STR, "running": _INT, "waiting": _INT, "draining": _BOOL,

@@ -7,10 +7,11 @@ each session request's end. The tokenizer lives here: ranks only ever see token 
 from __future__ import annotations
 
 import asyncio
+from concurrent.futures import ThreadPoolExecutor
 import hashlib
 import logging
 from pathlib import Path
-from typing import Any, Awaitable
+from typing import Any, Awaitable, Callable, TypeVar
 
 import orjson
 import zmq
@@ -27,6 +28,7 @@ from .streams import Streams
 
 log = logging.getLogger("front")
 CACHE_TIMEOUT_S = 0.05  # a cache that cannot answer this fast is a miss, never a stall
+T = TypeVar("T")
 
 
 class Front(Actor):
@@ -59,8 +61,9 @@ class Front(Actor):
         self.telemetry_link = TelemetryLink(self)
         self.stats = Window()
         http = self.cfg["http"]
-        self.streams = Streams(self._send_generate, self._send_abort,
-                               float(http["request_timeout_s"]), float(http["token_idle_timeout_s"]))
+        self.cpu_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="front-cpu")
+        self.streams = Streams(self._send_generate, self._send_abort, float(http["request_timeout_s"]),
+                               float(http["token_idle_timeout_s"]), float(http["redispatch_timeout_s"]), self.count)
         self.runner = web.AppRunner(make_app(self), handle_signals=False, access_log=None)
         await self.runner.setup()
         self.site = web.TCPSite(self.runner, http["host"], int(http["port"]), reuse_address=True)
@@ -69,7 +72,9 @@ class Front(Actor):
 
     def tasks(self) -> list[Awaitable[Any]]:
         return [self.serve(self.router, "router", {"routed": self._routed, "reject": self._error}),
-                self.serve(self.tokens, "tokens", {"tokens": self._tokens, "failed": self._error}),
+                self.serve(self.tokens, "tokens", {"accepted": self._accepted, "tokens": self._tokens,
+                                                   "failed": self._error}),
+                self.streams.run(),
                 self.serve(self.cache, "cache", {"cache_rep": self.cache_link.reply, "store_rep": self.cache_link.reply}),
                 self.serve(self.telemetry_link.sock, "telemetry_q", {"scrape_rep": self.telemetry_link.reply}),
                 self.serve(self.memory, "memory", {"pressure": self._on_pressure})]
@@ -95,6 +100,14 @@ class Front(Actor):
 
     async def cleanup(self) -> None:
         await self.runner.cleanup()
+        self.cpu_pool.shutdown(wait=False, cancel_futures=True)
+
+    async def offload(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run CPU-bound request work (JSON parsing of bodies up to max_body_bytes, chat-template rendering,
+        tokenizing) off the event loop, which must keep answering heartbeats and writing other streams' tokens.
+        One worker: the tokenizer is not safe to call from several threads at once, and the GIL would
+        serialize the work anyway; what matters is that the loop gets its turn every switch interval."""
+        return await asyncio.get_running_loop().run_in_executor(self.cpu_pool, fn, *args)
 
     # ---- router and ranks ------------------------------------------------------------------------------
     def _send_generate(self, req_id: str, prompt_ids: list[int], params: dict[str, Any], session: str | None) -> bool:
@@ -116,6 +129,9 @@ class Front(Actor):
 
     def _routed(self, m: Message) -> None:
         self.streams.on_routed(m.body["req_id"], m.body["rank"])
+
+    def _accepted(self, m: Message) -> None:
+        self.streams.on_accepted(m.body["req_id"])
 
     def _error(self, m: Message) -> None:
         b = m.body

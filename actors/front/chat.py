@@ -153,7 +153,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     front: Front = request.app["front"]
     if not front.accepting():
         raise APIError(503, "server is shutting down", "shutting_down")
-    body = parse_body(front, await request.read(), CHAT)
+    body = await front.offload(parse_body, front, await request.read(), CHAT)
     legacy = _legacy(body)
     if "top_logprobs" in body and not body.get("logprobs"):
         raise invalid("top_logprobs", "needs 'logprobs': true")
@@ -161,7 +161,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     s = sampling(body, body.get("top_logprobs", 0) if want_lp else None,
                  body.get("max_completion_tokens", body.get("max_tokens")))
     with observe.span("render"):
-        prompt_ids, prefill = render(front, body)
+        prompt_ids, prefill = await front.offload(render, front, body)
     parallel = body.get("parallel_tool_calls", True) and not legacy
     session = session_id(request.headers, body)
     resp_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())

@@ -55,10 +55,10 @@ async def completions(request: web.Request) -> web.StreamResponse:
     front: Front = request.app["front"]
     if not front.accepting():
         raise APIError(503, "server is shutting down", "shutting_down")
-    body = parse_body(front, await request.read(), COMPLETIONS)
+    body = await front.offload(parse_body, front, await request.read(), COMPLETIONS)
     s = sampling(body, body.get("logprobs"), body.get("max_tokens", DEFAULT_MAX_TOKENS))
     with observe.span("tokenize"):
-        prompts = _prompts(front, body["prompt"])
+        prompts = await front.offload(_prompts, front, body["prompt"])
     echo = body.get("echo", False)
     echoed = [front.tokenizer.decode(ids, skip_special_tokens=False) if echo else "" for ids in prompts]
     session = session_id(request.headers, body)

@@ -298,13 +298,15 @@ async def cached_answer(front: Front, key: str | None, resp_id: str, created: in
 
 async def stream_sse(request: web.Request, front: Front, choices: list[Choice],
                      body: Callable[[], AsyncIterator[bytes]], done: bytes = b"data: [DONE]\n\n") -> web.StreamResponse:
-    """Submit `choices`, then send `body()`'s pieces as Server-Sent Events. The submit comes first so a refusal
-    (503) is an HTTP status, not a stream. A failure after the stream began goes out as a
+    """Submit `choices`, wait until a rank accepted each (streams.py: admission), then send `body()`'s pieces
+    as Server-Sent Events. Nothing is committed before that, so a refusal (429/503 with Retry-After) is an HTTP
+    status, not a stream. A failure after the stream began goes out as a
     `data: {"error": ...}` event (the openai client raises it as an APIError); a client that goes away
     closes the body, whose generators abort their rank requests on the way out, and the choices are released
     in any case (a client gone before the first event never ran generate's clean-up)."""
     submit(front, choices)
     try:
+        await front.streams.admitted([c.pending for c in choices])
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                            "X-Accel-Buffering": "no"})
         await resp.prepare(request)

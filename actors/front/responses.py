@@ -118,7 +118,7 @@ async def create(request: web.Request) -> web.StreamResponse:
     store: ResponseStore = request.app[STORE]
     if not front.accepting():
         raise APIError(503, "server is shutting down", "shutting_down")
-    body = parse_body(front, await request.read(), RESPONSES)
+    body = await front.offload(parse_body, front, await request.read(), RESPONSES)
     history: list[dict[str, Any]] = []
     prev = body.get("previous_response_id")
     if prev is not None:
@@ -135,7 +135,7 @@ async def create(request: web.Request) -> web.StreamResponse:
     include = body.get("include", [])
     want_lp = "message.output_text.logprobs" in include
     s = params.sampling(body, body.get("top_logprobs", 0) if want_lp else None, body.get("max_output_tokens"))
-    conversation, prompt_ids, prefill, gen = _fit(front, body, conversation, effort, s)
+    conversation, prompt_ids, prefill, gen = await front.offload(_fit, front, body, conversation, effort, s)
     resp_id, created = f"resp_{uuid.uuid4().hex}", int(time.time())
     parser = HarmonyParser(front.tokenizer, resp_id)
     first = parser.feed(prefill)  # a forced call's opening delta (id, name), if tool_choice forces one

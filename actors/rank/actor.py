@@ -32,6 +32,7 @@ from .timings import Timings
 
 log = logging.getLogger("rank")
 LOAD_REPORT_S = 0.5
+SEND_TIMEOUT_S = 5.0  # how long a step's tokens may wait for room in the front's queue
 
 
 def gpu_memory() -> dict[str, dict[str, int]]:
@@ -132,14 +133,21 @@ class Rank(Actor):
         except (ValueError, TypeError, OverflowError) as exc:
             return self._fail(req_id, 400, str(exc), "invalid_request")
         self.owned.add(req_id)
+        sockets.send_nowait(self.tokens, self.msg("accepted", req_id=req_id))
         self.timings.admitted(m, params.max_tokens)
         self.count("requests_total")
         self.wake.set()
 
     def _fail(self, req_id: str, status: int, message: str, code: str) -> None:
         self.count("rejected_total")
-        sockets.send_nowait(self.tokens, self.msg("failed", req_id=req_id, status=status, message=message, code=code))
-        sockets.send_nowait(self.router, self.msg("finished", req_id=req_id))
+        # Not awaited (handlers are synchronous): a refusal the front's full queue cannot take is logged; that
+        # front is not reading and its request ends by its own timeouts. The router reconciles from load reports.
+        if not sockets.send_nowait(self.tokens, self.msg("failed", req_id=req_id, status=status, message=message,
+                                                         code=code)):
+            log.warning("could not tell the front of a refusal", extra={"event": "failed_unsent", "request_id": req_id})
+            self.count("failed_unsent_total")
+        if not sockets.send_nowait(self.router, self.msg("finished", req_id=req_id)):
+            self.count("finished_unsent_total")
 
     async def _idle(self) -> None:
         """Wait for work; a group leader ticks its followers meanwhile."""
@@ -184,23 +192,46 @@ class Rank(Actor):
             self.timings.stepped(started, self.engine.running, outputs)
             step = asyncio.ensure_future(asyncio.to_thread(self.engine.step)) if self.engine.has_work() else None
             started = time.time_ns()
-            self._publish(outputs)
+            await self._publish(outputs)
 
-    def _publish(self, outputs: list[Any]) -> None:
-        """A step's tokens to the front (one message), and its finished requests to the router."""
+    async def _publish(self, outputs: list[Any]) -> None:
+        """A step's tokens to the front (one message), and its finished requests to the router. Nothing is
+        dropped silently: a tokens message the front's queue cannot take waits up to SEND_TIMEOUT_S, and past
+        that its requests are aborted (a stream with a gap would be wrong text) and logged; a `finished` the
+        router cannot take is counted, and the router reconciles from our load reports (`requests`)."""
         items = [[o.req_id, o.ids, o.finish] + ([] if o.logprobs is None else [o.logprobs])
                  for o in outputs if o.finish != "abort"]
-        if items:
-            sockets.send_nowait(self.tokens, self.msg("tokens", items=items))
+        if items and not await self._send_front(self.msg("tokens", items=items)):
+            lost = [it[0] for it in items if it[2] is None]
+            log.error("the front took no tokens for %ss; aborting its requests", SEND_TIMEOUT_S,
+                      extra={"event": "tokens_unsent", "n": len(lost)})
+            self.count("tokens_unsent_total", len(items))
+            for req_id in lost:
+                self.engine.abort(req_id)
+            self.wake.set()
         for o in outputs:
             if o.finish is not None:
                 self.owned.discard(o.req_id)
-                sockets.send_nowait(self.router, self.msg("finished", req_id=o.req_id))
+                if not sockets.send_nowait(self.router, self.msg("finished", req_id=o.req_id)):
+                    self.count("finished_unsent_total")
         self.count("tokens_total", sum(len(o.ids) for o in outputs))
+
+    async def _send_front(self, m: Message) -> bool:
+        """Send to the front without blocking when its queue has room (always, unless it stopped reading),
+        else wait for room up to SEND_TIMEOUT_S."""
+        if sockets.send_nowait(self.tokens, m):
+            return True
+        try:
+            await asyncio.wait_for(sockets.send(self.tokens, m), SEND_TIMEOUT_S)
+            return True
+        except asyncio.TimeoutError:
+            return False
 
     def _send_load(self) -> dict[str, Any]:
         load = self.engine.load()  # running, waiting, kv_blocks_used, kv_blocks_total, tokens_per_s
-        sockets.send_nowait(self.router, self.msg("load", rank=self.name, draining=self.draining, **load))
+        # `requests`: what we own, so the router can drop in-flight entries whose `finished` it never got
+        sockets.send_nowait(self.router, self.msg("load", rank=self.name, draining=self.draining,
+                                                  requests=sorted(self.owned), **load))
         return load
 
     async def _report_load(self) -> None:

@@ -12,6 +12,7 @@ as `ipc_messages_*_total{socket=...}`. A plain dict add per message, nothing mor
 from __future__ import annotations
 
 import asyncio
+import asyncio
 import logging
 import os
 from pathlib import Path
@@ -93,14 +94,26 @@ def send_nowait(sock: zmq.asyncio.Socket, msg: Message, to: bytes | None = None)
     frame = encode(msg)
     try:
         if to is None:
-            sock.send(frame, flags=zmq.NOBLOCK)
+            sent = sock.send(frame, flags=zmq.NOBLOCK)
         else:
-            sock.send_multipart([to, frame], flags=zmq.NOBLOCK)
-        _stats(sock)[0] += 1
-        return True
+            sent = sock.send_multipart([to, frame], flags=zmq.NOBLOCK)
+        # A zmq.asyncio socket does not raise here: it returns a Future holding the error (EAGAIN at the
+        # high-water mark, EHOSTUNREACH for a ROUTER_MANDATORY peer that is gone). Reading it is what makes
+        # this return False, and what keeps asyncio from logging "Future exception was never retrieved".
+        ok = _outcome(sent)
     except (zmq.Again, zmq.ZMQError):
-        _stats(sock)[2] += 1
-        return False
+        ok = False
+    _stats(sock)[0 if ok else 2] += 1
+    return ok
+
+
+def _outcome(sent: object) -> bool:
+    if not isinstance(sent, asyncio.Future):
+        return True
+    if not sent.done():  # queued for the I/O loop: its error, if any, is read (not logged) when it comes
+        sent.add_done_callback(lambda f: f.cancelled() or f.exception())
+        return True
+    return sent.exception() is None
 
 
 def parse(frames: list[bytes], routed: bool, where: str) -> tuple[bytes | None, Message] | None:

@@ -57,3 +57,20 @@ async def test_a_raising_handler_drops_only_its_message(tmp_path, caplog):
         loop.cancel()
         await asyncio.gather(loop, return_exceptions=True)
         actor.ctx.destroy(linger=0)
+
+
+async def test_send_nowait_reports_failures_of_asyncio_sockets(tmp_path, recwarn):
+    """zmq.asyncio returns a Future holding the error instead of raising: a peer that is gone (ROUTER_MANDATORY)
+    or a full queue must still read as False, and leave no unretrieved-exception Future behind."""
+    ctx = zmq.asyncio.Context()
+    try:
+        router = sockets.socket(ctx, zmq.ROUTER)
+        sockets.bind(router, tmp_path, "router")
+        assert sockets.send_nowait(router, make("ping", "x", seq=1), to=b"rank-9") is False
+        push = sockets.socket(ctx, zmq.PUSH)
+        push.setsockopt(zmq.SNDHWM, 1)
+        sockets.connect(push, tmp_path, "tokens")  # nobody binds it: the pipe queues up to the HWM, then EAGAIN
+        results = [sockets.send_nowait(push, make("ping", "x", seq=i)) for i in range(4)]
+        assert results[0] is True and results[-1] is False
+    finally:
+        ctx.destroy(linger=0)

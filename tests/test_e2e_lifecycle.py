@@ -44,6 +44,12 @@ def test_sigterm_lets_streams_finish_and_refuses_new_requests():
     assert tree.proc.wait(40) == 0
     gone, alive = psutil.wait_procs(children, timeout=5)
     assert not alive
+    # a clean stop logs no error line anywhere (it used to: "Future exception was never retrieved ... Host
+    # unreachable" from sends to actors already gone)
+    errors = [(f.stem, e.get("event"), e.get("message")) for f in sorted(tree.log_dir.glob("*.jsonl"))
+              for e in tree.log(f.stem) if e.get("level") in ("error", "critical")]
+    assert not errors, errors
+    assert "never retrieved" not in tree.stderr() and "Traceback" not in tree.stderr()
     tree.stop()
 
 

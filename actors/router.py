@@ -8,7 +8,10 @@ pressure level first (ok, then elevated; a rank at critical takes no new request
 load report has kv_blocks_used >= kv_blocks_total) only when no other rank is left; then the fewest requests
 running + waiting. For that count our own in-flight table comes first (every request we routed and the rank
 has not finished is running or waiting there, with no reporting lag), the rank's reported running + waiting
-breaks ties (it also sees what our count cannot, e.g. a request we forgot after a router restart). Refusals are answered at once with the status the
+breaks ties (it also sees what our count cannot, e.g. a request we forgot after a router restart). Then
+prefix_index.py may move one rank to the front: the one holding the longest cached prefix of the prompt,
+else the session's rank, else for long prompts a multi-GPU rank, unless it is much busier than the least
+loaded (its docstring has the rule and thresholds). Refusals are answered at once with the status the
 front should give: 503 when no rank can serve, 429 with the memory guard's Retry-After when memory pressure is
 critical on every rank that could (the guard's publication is kept here: no round trip per request).
 The in-flight table is what lets us forget a dead rank's requests; failing those streams is the front's
@@ -27,6 +30,7 @@ from ..ipc import sockets, tracing
 from ..ipc.messages import Message
 from .base import Actor, run
 from .memory_guard import LEVELS
+from .prefix_index import PrefixIndex, Prompt
 
 
 log = logging.getLogger("router")
@@ -50,6 +54,7 @@ class Router(Actor):
         self.routed_at: dict[str, float] = {}  # req_id -> when we sent it, for reconciling with load reports
         self.per_rank: dict[str, int] = {}
         self.reported: dict[str, dict[str, Any]] = {}  # rank -> its last load message
+        self.prefix = PrefixIndex()
 
     def tasks(self) -> list[Awaitable[Any]]:
         return [
@@ -85,6 +90,9 @@ class Router(Actor):
         for req_id, rank in list(self.inflight.items()):
             if actors.get(rank, {}).get("state") != "ready":
                 self._forget(req_id)
+        for rank in list(self.prefix.ranks):
+            if actors.get(rank, {}).get("state") != "ready":  # restarted or gone: its cache is empty
+                self.prefix.forget(rank)
 
     def _forget(self, req_id: str) -> None:
         self.routed_at.pop(req_id, None)
@@ -115,12 +123,14 @@ class Router(Actor):
         rid, tid = tracing.ids_of(m.trace)
         if span is not None:
             m.trace = {**m.trace, **tracing.traceparent(span)}  # the rank's spans hang under this one
-        for rank in (n for n in ranks if self.level(n) != "critical"):
+        prompt = Prompt(m.body["prompt_ids"], m.body.get("session"))
+        for rank in self.prefix.order(prompt, [n for n in ranks if self.level(n) != "critical"], self.per_rank):
             # ROUTER_MANDATORY makes a send to a rank that is not connected fail here instead of vanishing.
             if sockets.send_nowait(self.ranks, m, to=rank.encode()):
                 self.inflight[req_id] = rank
                 self.routed_at[req_id] = time.monotonic()
                 self.per_rank[rank] = self.per_rank.get(rank, 0) + 1
+                self.prefix.routed(rank, prompt)
                 self.count("routed_total", rank=rank)
                 log.info("request routed", extra={"event": "request.routed", "request_id": rid, "trace_id": tid,
                                                   "rank": rank})
@@ -149,7 +159,8 @@ class Router(Actor):
         if name not in self.rank_states():
             self.count("unknown_peer_total")
             return
-        self.reported[name] = m.body
+        self.reported[name] = {k: v for k, v in m.body.items() if k != "evicted"}  # state stays small
+        self.prefix.report(name, m.body)
         self._reconcile(name, m.body.get("requests"))
 
     def _reconcile(self, rank: str, owned: Any) -> None:

@@ -12,7 +12,8 @@ Phases, each with its own time cap inside a total budget (default 420 s, so the 
 stays under 8 minutes): the engine (actors/rank/engine.py: add/step) at each concurrency, all requests
 arriving at once with `--prompt`-token prompts and exactly `--tokens` output tokens each (greedy,
 ignore_eos); then `model.generate` as one static batch at 1 and 64 (greedy, min_new_tokens so EOS cannot
-end it early, max_time as its guard). A phase that runs out of time reports what it did ("timeout"); one
+end it early, max_time as its guard); then prefix caching: with it on and then off, one cold request with a
+`--prefix`-token prompt, then 64 requests of that prefix plus 16 tokens of their own at once (TTFT, wall). A phase that runs out of time reports what it did ("timeout"); one
 that cannot start in the time left is "skipped". Prints one JSON line, then a short table.
 
 Runs without installing the project: if the `gptoss` package is not importable, the repo root is
@@ -50,6 +51,7 @@ TINY = {**GPT_OSS_20B, "vocab_size": 1024, "hidden_size": 64, "intermediate_size
         "rope_parameters": {**GPT_OSS_20B["rope_parameters"], "original_max_position_embeddings": 128},
         "eos_token_id": 1023, "pad_token_id": 1022}
 MIN_PHASE_S = 5.0  # a phase is not started with less time than this left
+PREFIX_REQUESTS, PREFIX_OWN = 64, 16  # the prefix phase: requests sharing the prefix, tokens of their own
 
 
 class Budget:
@@ -147,6 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batches", default="1,64", help="model.generate batch sizes")
     p.add_argument("--prompt", type=int, default=128, help="prompt tokens per request")
     p.add_argument("--tokens", type=int, default=128, help="output tokens per request")
+    p.add_argument("--prefix", type=int, default=2000, help="shared prefix tokens of the prefix caching phase")
     p.add_argument("--budget-s", type=float, default=420.0, help="total time for all phases")
     p.add_argument("--phase-cap-s", type=float, default=90.0, help="most time one phase may take")
     args = p.parse_args(argv)
@@ -170,7 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
     # KV for every request of the largest concurrency at full length, and no more: the pool is sized
     # explicitly so the engine does not take 90% of the GPU away from the generate baseline.
     eng = Engine(model, [], max_running=max(conc), max_waiting=max(conc), max_model_len=max_len,
-                 kv_cache_tokens=max(conc) * max_len)
+                 kv_cache_tokens=max(conc) * (max_len + shapes["sliding_window"] + 16))
     gen = torch.Generator().manual_seed(1)
 
     def prompts(n: int) -> list[list[int]]:
@@ -192,13 +195,33 @@ def main(argv: list[str] | None = None) -> dict:
         generate_rows.append({**run_generate(model, prompts(b), args.tokens, cap, device),
                               "peak_gib": _peak_gib(device)})
 
+    del eng  # the prefix phase sizes its own engines
+    prefix_rows = []
+    shared = prompts(1)[0] * (args.prefix // args.prompt + 1)
+    for caching in (True, False):
+        if budget.left() < 2 * MIN_PHASE_S:
+            prefix_rows.append({"prefix_caching": caching, "status": "skipped"})
+            continue
+        own = prompts(PREFIX_REQUESTS)
+        pe = Engine(model, [], max_running=PREFIX_REQUESTS, max_waiting=PREFIX_REQUESTS,
+                    max_model_len=args.prefix + PREFIX_OWN + args.tokens + 16, prefix_caching=caching)
+        cold = run_engine(pe, [shared[:args.prefix] + own[0][:PREFIX_OWN]], 1, budget.deadline(args.phase_cap_s))
+        row = run_engine(pe, [shared[:args.prefix] + p[:PREFIX_OWN] for p in own[1:] + own[:1]], args.tokens,
+                         budget.deadline(args.phase_cap_s))
+        prefix_rows.append({"prefix_caching": caching, **row, "cold_ttft_ms": cold["ttft_ms_p50"],
+                            "prefix_hits": pe.load()["prefix_hits"], "peak_gib": _peak_gib(device)})
+        del pe
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
     experts, other = param_counts(shapes)
     result = {
         "check": "gpu_check", "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "shapes": "tiny" if args.tiny else "gpt-oss-20b", "dtype": str(dtype).removeprefix("torch."),
         "params": experts + other, "torch": torch.__version__, "transformers": transformers.__version__,
         "prompt_tokens": args.prompt, "output_tokens": args.tokens, "init_s": round(init_s, 2),
-        "engine": engine_rows, "generate": generate_rows, "total_s": round(args.budget_s - budget.left(), 1),
+        "engine": engine_rows, "generate": generate_rows, "prefix": prefix_rows,
+        "total_s": round(args.budget_s - budget.left(), 1),
     }
     print(json.dumps(result))
     print(f"{'what':<22}{'status':<9}{'tok/s':>10}{'wall s':>9}{'TTFT p50 ms':>13}{'step p50 ms':>13}")
@@ -208,6 +231,10 @@ def main(argv: list[str] | None = None) -> dict:
     for r in generate_rows:
         print(f"{'generate batch=' + str(r['batch']):<22}{r['status']:<9}{r.get('output_tok_s', '-'):>10}"
               f"{r.get('wall_s', '-'):>9}{'-':>13}{'-':>13}")
+    for r in prefix_rows:
+        print(f"{'prefix cache ' + ('on' if r['prefix_caching'] else 'off'):<22}{r['status']:<9}"
+              f"{r.get('output_tok_s', '-'):>10}{r.get('wall_s', '-'):>9}{r.get('ttft_ms_p50') or '-':>13}"
+              f"{r.get('step_ms_p50') or '-':>13}")
     return result
 
 

@@ -66,7 +66,10 @@ SCHEMAS: dict[str, dict[str, tuple[type, ...]]] = {
     # request. The front commits a 200 stream only after this (admission before the stream).
     "accepted": {"req_id": _STR},
     "failed": {"req_id": _STR, "status": _INT, "message": _STR, "code": _STR},
-    # rank -> router
+    # rank -> router. Also (optional): cached_blocks, prefix_queries, prefix_hits (tokens, cumulative),
+    # prefix_seed (hex) and block_size (what the router's prefix index hashes prompts with), devices (GPUs
+    # the rank spans) and evicted (64-bit hash prefixes of the blocks evicted from its prefix cache since
+    # the last report).
     "load": {"rank": _STR, "running": _INT, "waiting": _INT, "draining": _BOOL,
              "kv_blocks_used": _INT, "kv_blocks_total": _INT, "tokens_per_s": _NUM},
     "finished": {"req_id": _STR},

@@ -98,12 +98,12 @@ def test_chunked_prefill_equals_unchunked(model):
 
 
 def test_preemption_under_block_pressure_keeps_outputs(model):
-    # 6 requests that each grow to ~100 tokens, a cache of 12 blocks x 16 = 192 tokens: they cannot all
-    # stay; the newest are preempted (recompute) and must still give exactly their alone outputs.
+    # 6 requests that each grow to ~100 tokens (7 full + 7 sliding blocks), a cache of 24 blocks x 16: they
+    # cannot all stay; the newest are preempted (recompute) and must still give exactly their alone outputs.
     ps = [prompt(20 + i, 30 + i) for i in range(6)]
     refs = [reference(model, p, 80) for p in ps]
-    eng = Engine(model, [NEVER], max_running=6, max_waiting=8, max_model_len=256, kv_cache_tokens=192)
-    assert eng.load()["kv_blocks_total"] == 12
+    eng = Engine(model, [NEVER], max_running=6, max_waiting=8, max_model_len=256, kv_cache_tokens=384)
+    assert eng.load()["kv_blocks_total"] == 24
     seeded = SamplingParams(max_tokens=60, temperature=1.0, top_k=40, seed=77)
     alone_eng = Engine(model, [NEVER], max_running=2, max_waiting=2, max_model_len=256)
     alone_eng.add("r", ps[0], seeded)
@@ -119,10 +119,11 @@ def test_preemption_under_block_pressure_keeps_outputs(model):
 
 
 def test_request_that_cannot_fit_alone_is_refused(model):
-    eng = Engine(model, [], max_running=2, max_waiting=2, max_model_len=256, kv_cache_tokens=64)
+    # 8 blocks of 16: a request needs its full blocks and the sliding blocks of one window (or all its own)
+    eng = Engine(model, [], max_running=2, max_waiting=2, max_model_len=256, kv_cache_tokens=128)
     with pytest.raises(ValueError, match="KV blocks"):
         eng.add("big", prompt(40, 1), greedy(100))
-    eng.add("ok", prompt(40, 1), greedy(20))  # 60 tokens fit in 64
+    eng.add("ok", prompt(40, 1), greedy(20))  # 60 tokens: 4 full + 4 sliding blocks
 
 
 def test_joins_and_leaves_mid_batch(model):
@@ -217,13 +218,13 @@ def test_abort_frees_blocks_within_one_step(model):
     eng.step()
     load = eng.load()
     assert (load["running"], load["waiting"]) == (2, 1)
-    assert load["kv_blocks_used"] == 3 + 1  # 41 positions of a -> 3 blocks, 11 of b -> 1
+    assert load["kv_blocks_used"] == 2 * (3 + 1)  # 41 positions of a -> 3 blocks, 11 of b -> 1; full + sliding
     eng.abort("a")
     outs = eng.step()
     assert ("a", [], "abort", None) in outs
     assert {r.id for r in eng.running} == {"b", "c"}  # c took a's slot in the same step
     assert any(o.req_id == "c" and len(o.ids) == 1 for o in outs)
-    assert eng.load()["kv_blocks_used"] == 1 + 1  # a's 3 blocks are back; b and c hold one each
+    assert eng.load()["kv_blocks_used"] == 2 * (1 + 1)  # a's blocks are back; b and c hold one of each kind
     eng.abort("b")
     eng.abort("c")
     eng.abort("nobody")
@@ -318,12 +319,13 @@ def test_logprobs_match_log_softmax_of_a_plain_forward(model):
 def test_load_reports_blocks_and_throughput(model):
     eng = Engine(model, [], max_running=2, max_waiting=2, max_model_len=128, kv_cache_tokens=256)
     assert eng.load() == {"running": 0, "waiting": 0, "kv_blocks_used": 0, "kv_blocks_total": 16,
-                          "tokens_per_s": 0.0}
+                          "tokens_per_s": 0.0, "cached_blocks": 0, "prefix_queries": 0, "prefix_hits": 0}
     eng.add("a", prompt(20, 60), greedy(30))
     eng.step()
     eng.step()
     load = eng.load()
-    assert load["running"] == 1 and load["kv_blocks_used"] == 2 and load["tokens_per_s"] > 0
+    assert load["running"] == 1 and load["kv_blocks_used"] == 2 + 2 and load["tokens_per_s"] > 0
+    assert load["prefix_queries"] == 20 and load["cached_blocks"] == 1 + 1  # its first 16 positions, both kinds
 
 
 def test_wire_params_are_checked():
@@ -339,9 +341,10 @@ def test_wire_params_are_checked():
 
 def test_auto_kv_size(model, monkeypatch):
     eng = Engine(model, [], max_running=8, max_waiting=8, max_model_len=512)
-    # CPU: max_running * max_model_len / 4 tokens, never below one whole request
-    assert eng.load()["kv_blocks_total"] == 8 * 512 // 4 // 16
-    assert Engine(model, [], 1, 1, 512).load()["kv_blocks_total"] == 512 // 16
+    # CPU: max_running * max_model_len / 4 tokens, never below one whole request, plus each running
+    # request's sliding blocks (a 128 window + a block)
+    assert eng.load()["kv_blocks_total"] == 8 * 512 // 4 // 16 + 8 * 9
+    assert Engine(model, [], 1, 1, 512).load()["kv_blocks_total"] == 512 // 16 + 9
     # CUDA (the arithmetic only; no GPU needed): the free memory times the utilization, less the headroom
     eng.runner.device = torch.device("cuda", 0)
     per_token = 2 * 1 * 2 * 16 * 2  # K and V, one full layer, 2 kv heads, head_dim 16, bf16

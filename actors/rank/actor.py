@@ -62,6 +62,8 @@ class Rank(Actor):
         self.model_identity = await asyncio.to_thread(model_identity, self.cfg)  # what the front's cache keys carry
         self.device = str(self.engine.device)
         self.vocab_size = int(self.engine.runner.model.config.vocab_size)
+        # GPUs this rank's replica spans (a pipeline's layers, or a tensor group): the router sends it long prompts
+        self.devices = self.group.size if self.group else len(set(self.engine.runner.layer_devices))
         log.info("model loaded", extra={"event": "model_loaded", "device": self.device, "dtype": str(dtype),
                                         "seconds": round(time.monotonic() - started, 2),
                                         "kv_blocks": self.engine.blocks.num_blocks,
@@ -228,14 +230,22 @@ class Rank(Actor):
             return False
 
     def _send_load(self) -> dict[str, Any]:
-        load = self.engine.load()  # running, waiting, kv_blocks_used, kv_blocks_total, tokens_per_s
-        # `requests`: what we own, so the router can drop in-flight entries whose `finished` it never got
+        load = self.engine.load()  # running, waiting, kv blocks, tokens_per_s, prefix cache (engine.py)
+        # `requests`: what we own, so the router can drop in-flight entries whose `finished` it never got.
+        # For the router's prefix index (actors/prefix_index.py): what it needs to hash prompts as we do, and
+        # the blocks we evicted since the last report (64-bit prefixes of their hashes).
+        evicted = [int.from_bytes(h[:8], "big") for h in self.engine.take_evicted()]
         sockets.send_nowait(self.router, self.msg("load", rank=self.name, draining=self.draining,
-                                                  requests=sorted(self.owned), **load))
+                                                  requests=sorted(self.owned), **load,
+                                                  prefix_seed=self.engine.runner.identity.hex(), devices=self.devices,
+                                                  block_size=self.engine.blocks.block_size, evicted=evicted))
         return load
 
     async def _report_load(self) -> None:
         while True:
-            self.gauges.update({k: float(v) for k, v in self._send_load().items()})
+            load = self._send_load()
+            for name, key in (("prefix_cache_queries_total", "prefix_queries"), ("prefix_cache_hits_total", "prefix_hits")):
+                self.count(name, load.pop(key) - self.counters.get(name, 0.0))  # tokens since the last report
+            self.gauges.update({k: float(v) for k, v in load.items()})
             self.counters["preemptions_total"] = float(self.engine.preemptions_total)  # cumulative, as counters are
             await asyncio.sleep(LOAD_REPORT_S)

@@ -16,15 +16,16 @@ positions excluded, the learned per-head sink `module.sinks` appended as an extr
 after subtracting the row max, the sink column dropped. Sliding layers (`module.sliding_window`, 128)
 see key positions k with q - window < k <= q, as in transformers' sliding mask.
 
-KV layout (`KVCache`):
-- full-attention layers are paged: one pool `[kv_heads, num_blocks * block_size, head_dim]` per layer,
-  addressed through each request's block table (block_manager.py; mirrored on the device in `tables`,
-  one row per running slot). Memory follows the tokens actually held, not max_model_len per request.
-- sliding layers keep a ring of `window` positions per running slot (position p at p % window). A sliding
-  layer can never read further back than the window, so a ring is the most it will ever need: paging it
-  would only add indirection (there is no prefix sharing to gain from), and its memory is bounded by
-  max_running * window whatever the lengths. A chunk writes positions that may overwrite ring entries its
-  own earlier queries still need, so chunks gather their cached prefix BEFORE this layer's writes.
+KV layout (`KVCache`): both kinds of layers are paged, in blocks of `block_size` positions addressed
+through each request's block tables (block_manager.py; mirrored on the device in `tables`, one row per
+running slot: the full layers' table in columns [0, max_blocks), the sliding layers' in [max_blocks,
+2 * max_blocks)); position p is at row `table[p // block_size] * block_size + p % block_size` of the
+layer's pool `[kv_heads, num_blocks * block_size, head_dim]`. A sliding layer and a full layer on the same
+device SHARE one pool (vLLM's hybrid KV cache manager): the block manager hands each block to one kind at
+a time, so the pair costs one layer's memory. Memory follows the tokens held: a full table covers the whole
+sequence, a sliding table only the blocks still inside the window (the rest are released, and stay cached
+for prefix reuse until evicted). Queries never read a sliding position outside their window, so released
+entries of a table are never read.
 Pools are zero-filled so unread or padded entries are finite (masked weights are exactly 0, 0 * finite = 0).
 Each layer's pools live on that layer's device (a pipeline spreads the layers over GPUs); a step's plan is
 built on the engine's device and copied once per step to each other device that holds layers. In a
@@ -35,6 +36,7 @@ falls back to the model's previous attention implementation, so sharing the mode
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,7 +63,7 @@ def position_bytes(config: Any, dtype: torch.dtype, kv_heads: int) -> int:
 
 
 class KVCache:
-    """Per-layer K and V pools: paged for full layers, one ring per running slot for sliding layers."""
+    """Per-layer K and V pools, paged; a sliding layer and a full layer on one device share theirs."""
 
     def __init__(self, config: Any, num_blocks: int, block_size: int, slots: int, max_model_len: int,
                  device: torch.device, dtype: torch.dtype, kv_heads: int, layer_devices: list[torch.device]) -> None:
@@ -71,18 +73,25 @@ class KVCache:
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         self.window = min(int(config.sliding_window or max_model_len), max_model_len)
         self.layer_types = list(config.layer_types)
+        self.max_blocks = -(-max_model_len // block_size)
         # block tables of the running slots, written by the engine as blocks are added (unused entries 0)
-        self.tables = torch.zeros((slots, -(-max_model_len // block_size)), dtype=torch.long, device=device)
-        self.k: list[torch.Tensor] = []
-        self.v: list[torch.Tensor] = []
-        for t, dev in zip(self.layer_types, layer_devices, strict=True):
-            rows = slots * self.window if t == "sliding_attention" else num_blocks * block_size
-            shape = (self.kv_heads, rows, self.head_dim)  # head-major: a gather is already [kvh, ...] for matmul
-            self.k.append(torch.zeros(shape, device=dev, dtype=dtype))
-            self.v.append(torch.zeros(shape, device=dev, dtype=dtype))
+        self.tables = torch.zeros((slots, 2 * self.max_blocks), dtype=torch.long, device=device)
+        shape = (self.kv_heads, num_blocks * block_size, self.head_dim)  # head-major: a gather is [kvh, ...]
+        self.k: list[torch.Tensor] = [None] * len(self.layer_types)
+        self.v: list[torch.Tensor] = [None] * len(self.layer_types)
+        for dev in dict.fromkeys(layer_devices):
+            mine = [i for i, d in enumerate(layer_devices) if d == dev]
+            sliding = [i for i in mine if self.layer_types[i] == "sliding_attention"]
+            full = [i for i in mine if self.layer_types[i] != "sliding_attention"]
+            for pair in itertools.zip_longest(sliding, full):
+                k, v = torch.zeros(shape, device=dev, dtype=dtype), torch.zeros(shape, device=dev, dtype=dtype)
+                for i in pair:
+                    if i is not None:
+                        self.k[i], self.v[i] = k, v
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (*self.k, *self.v))
+        pools = {id(t): t for t in (*self.k, *self.v)}.values()  # shared pools once
+        return sum(t.numel() * t.element_size() for t in pools)
 
 
 @dataclass
@@ -102,8 +111,7 @@ class _Group:
 
 @dataclass
 class _LayerPlan:
-    write_src: torch.Tensor | None  # flat token indices whose K/V are stored (None: every token)
-    write_dst: torch.Tensor  # cache rows they go to
+    write_dst: torch.Tensor  # the cache row of every token's K/V
     dec_gather: torch.Tensor | None  # [n_dec, Lb] cache rows read by decode tokens
     dec_hidden: torch.Tensor | None  # [n_dec, 1, 1, Lb] bool, True where the key is NOT visible
     groups: list[_Group]
@@ -111,7 +119,7 @@ class _LayerPlan:
     def to(self, dev: torch.device) -> _LayerPlan:
         def move(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.to(dev)
-        return _LayerPlan(move(self.write_src), self.write_dst.to(dev), move(self.dec_gather), move(self.dec_hidden),
+        return _LayerPlan(self.write_dst.to(dev), move(self.dec_gather), move(self.dec_hidden),
                           [g.to(dev) for g in self.groups])
 
 
@@ -144,33 +152,21 @@ class StepBatch:
         self.plans: dict[str, _LayerPlan] = {}
         for kind in set(cache.layer_types):
             sliding = kind == "sliding_attention"
-            src = None
-            if sliding:
-                if any(s[2] > window for s in segs):
-                    # a ring keeps only the last `window` positions of a segment (and index_copy_ must not
-                    # see one row twice)
-                    tok_end = torch.repeat_interleave(firsts + ns, ns)
-                    src = (positions >= tok_end - window).nonzero().squeeze(1)
-                sel = positions if src is None else positions[src]
-                dst = (tok_slot if src is None else tok_slot[src]) * window + sel % window
-            else:
-                dst = cache.tables[tok_slot, positions // bs] * bs + positions % bs
+            col0 = cache.max_blocks if sliding else 0  # where this kind's block table starts in `tables`
+            dst = cache.tables[tok_slot, col0 + positions // bs] * bs + positions % bs
             gather = hidden = None
             if n_dec:
-                # Full layers read positions 0..pos; a ring entry j holds the newest position == j (mod
-                # window) written so far, and with pos >= window - 1 every entry is inside the window
-                # (before that only entries j <= pos exist). Either way: the first min(length, pos + 1).
+                # A decode at pos reads the last lb positions up to pos (before the window or position 0:
+                # masked): full layers every position 0..pos, sliding ones at most the window.
                 lb = min(window, max_dec_pos + 1) if sliding else max_dec_pos + 1
-                cols = torch.arange(lb, device=dev)
-                if sliding:
-                    gather = dslots[:, None] * window + cols
-                else:
-                    blocks = cache.tables[dslots, : -(-lb // bs)]  # [n_dec, blocks]
-                    gather = (blocks[:, :, None] * bs + torch.arange(bs, device=dev)).view(n_dec, -1)[:, :lb]
-                hidden = (cols > dpos[:, None])[:, None, None, :]
+                kpos = dpos[:, None] - lb + 1 + torch.arange(lb, device=dev) if sliding else \
+                    torch.arange(lb, device=dev).expand(n_dec, lb)
+                kp = kpos.clamp(min=0)
+                gather = cache.tables[dslots[:, None], col0 + kp // bs] * bs + kp % bs
+                hidden = ((kpos < 0) | (kpos > dpos[:, None]))[:, None, None, :]
             groups = [self._group(segs, rows, seg, sliding)
                       for rows in _bucket(segs, list(range(n_dec, len(segs))), window, sliding)]
-            self.plans[kind] = _LayerPlan(src, dst, gather, hidden, groups)
+            self.plans[kind] = _LayerPlan(dst, gather, hidden, groups)
         self._moved: dict[tuple[str, torch.device], _LayerPlan] = {}
 
     def plan(self, layer: int) -> _LayerPlan:
@@ -203,10 +199,8 @@ class StepBatch:
         if p > 0:
             ppos = firsts[:, None] - p + torch.arange(p, device=dev)[None, :]  # [c, P]
             pc = ppos.clamp(min=0)
-            if sliding:
-                pre_idx = slots[:, None] * window + pc % window
-            else:
-                pre_idx = cache.tables[slots[:, None], pc // bs] * bs + pc % bs
+            col0 = cache.max_blocks if sliding else 0
+            pre_idx = cache.tables[slots[:, None], col0 + pc // bs] * bs + pc % bs
             kpos = torch.cat([ppos, qpos], dim=1)
             kreal = torch.cat([ppos >= 0, real], dim=1)
         visible = kreal[:, None, :] & (kpos[:, None, :] <= qpos[:, :, None])
@@ -298,15 +292,10 @@ def engine_attention(
                     plan.dec_hidden, sinks, scaling)  # [kvh, n, g, 1, d]
         return o.permute(1, 3, 0, 2, 4).reshape(-1, n_heads, d)
 
-    # prefixes first: a chunk's writes below may overwrite ring entries its earlier queries still read
     prefixes = [(_gather(k_cache, gr.pre_idx), _gather(v_cache, gr.pre_idx)) if gr.pre_idx is not None else None
                 for gr in plan.groups]
-    if plan.write_src is None:
-        k_cache.index_copy_(1, plan.write_dst, k_new)
-        v_cache.index_copy_(1, plan.write_dst, v_new)
-    else:
-        k_cache.index_copy_(1, plan.write_dst, k_new.index_select(1, plan.write_src))
-        v_cache.index_copy_(1, plan.write_dst, v_new.index_select(1, plan.write_src))
+    k_cache.index_copy_(1, plan.write_dst, k_new)
+    v_cache.index_copy_(1, plan.write_dst, v_new)
 
     if b.all_decode:  # the steady state: one token per request, in segment order, nothing to scatter
         return decode(q_all).unsqueeze(0), None

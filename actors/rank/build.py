@@ -31,5 +31,6 @@ async def build_engine(cfg: dict[str, Any]) -> tuple[Engine, TensorGroup | None,
     engine = Engine(model, eos_ids, int(eng["max_running"]), int(eng["max_waiting"]), int(eng["max_model_len"]),
                     max_batched_tokens=int(eng["max_batched_tokens"]), block_size=int(eng["kv_block_size"]),
                     kv_cache_tokens=int(eng["kv_cache_tokens"]),
-                    gpu_memory_utilization=float(eng["gpu_memory_utilization"]), group=group)
+                    gpu_memory_utilization=float(eng["gpu_memory_utilization"]), group=group,
+                    prefix_caching=bool(eng["prefix_caching"]))
     return engine, group, dtype

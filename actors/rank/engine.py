@@ -9,7 +9,9 @@ Public interface (the rank actor, its tensor followers and bench/ use only this)
                                                        # ValueError when the request can never fit
     outputs = eng.step()          # [Output(req_id, ids, finish, logprobs)], one forward
     eng.abort(req_id)             # takes effect at the start of the next step
-    eng.load()                    # running, waiting, kv_blocks_used, kv_blocks_total, tokens_per_s
+    eng.load()                    # running, waiting, kv_blocks_used, kv_blocks_total, tokens_per_s,
+                                  # cached_blocks, prefix_queries, prefix_hits (tokens, since start)
+    eng.take_evicted()            # hashes of the full blocks evicted from the prefix cache since last asked
     eng.forward(StepInputs(...))  # a tensor-parallel follower's step: the leader's forward, replayed
 
 Who does what: scheduler.py decides each step's tokens (admission, chunked prefill, preemption), with
@@ -49,13 +51,16 @@ class Engine:
         kv_cache_tokens: int = 0,
         gpu_memory_utilization: float = 0.9,
         group: TensorGroup | None = None,
+        prefix_caching: bool = True,
     ) -> None:
         self.max_running = max_running
         max_batched_tokens = max_batched_tokens or max(max_model_len, 2048)
         self.runner = ModelRunner(model, max_running, max_model_len, max_batched_tokens, block_size,
                                   kv_cache_tokens, gpu_memory_utilization, group)
-        self.blocks = BlockManager(self.runner.num_blocks, block_size)
-        self.scheduler = Scheduler(self.blocks, eos_ids, max_running, max_waiting, max_model_len, max_batched_tokens)
+        window = self.runner.kv.window if "sliding_attention" in self.runner.kv.layer_types else 0
+        self.blocks = BlockManager(self.runner.num_blocks, block_size, window, prefix_caching)
+        self.scheduler = Scheduler(self.blocks, eos_ids, max_running, max_waiting, max_model_len, max_batched_tokens,
+                                   self.runner.identity)
         self.device, self.kv_heads, self.kv = self.runner.device, self.runner.kv_heads, self.runner.kv
         self._recent: deque[tuple[float, int]] = deque()  # (time, tokens) per step, for tokens_per_s
         self._started = time.monotonic()
@@ -83,6 +88,10 @@ class Engine:
     def abort(self, req_id: str) -> None:
         self.scheduler.abort(req_id)
 
+    def take_evicted(self) -> list[bytes]:
+        with self.scheduler.lock:
+            return self.blocks.take_evicted()
+
     def has_work(self) -> bool:
         return self.scheduler.has_work()
 
@@ -94,7 +103,9 @@ class Engine:
             span = max(min(THROUGHPUT_WINDOW_S, now - self._started), 1e-3)
             return {"running": len(self.scheduler.running), "waiting": len(self.scheduler.waiting),
                     "kv_blocks_used": self.blocks.used, "kv_blocks_total": self.blocks.num_blocks,
-                    "tokens_per_s": round(sum(n for _, n in self._recent) / span, 1)}
+                    "tokens_per_s": round(sum(n for _, n in self._recent) / span, 1),
+                    "cached_blocks": len(self.blocks.cached), "prefix_queries": self.scheduler.prefix_queries,
+                    "prefix_hits": self.scheduler.prefix_hits}
 
     # ---- the step -------------------------------------------------------------------------------------------
 
@@ -110,7 +121,7 @@ class Engine:
             self.runner.sampler.admit(r.slot, r.params, r.out)
         inputs, done = self.runner.prepare(batch)
         tokens, lps = self.runner.run(inputs, done)
-        outputs += self.scheduler.postprocess(done, tokens, lps)
+        outputs += self.scheduler.postprocess(batch, done, tokens, lps)
         with self.scheduler.lock:
             self._recent.append((time.monotonic(), len(done)))
         self.tokens_total += len(done)

@@ -19,6 +19,7 @@ each step's inputs to the followers just before its own forward; a follower call
 """
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import torch
@@ -44,6 +45,7 @@ class ModelRunner:
         self.max_running = max_running
         self.max_model_len = max_model_len
         self.max_batched_tokens = max_batched_tokens
+        self.block_size = block_size
         install(model)
         kv_dtype = getattr(model.config, "dtype", None) or param.dtype
         if not isinstance(kv_dtype, torch.dtype):
@@ -56,37 +58,47 @@ class ModelRunner:
         self.kv = KVCache(model.config, self.num_blocks, block_size, max_running, max_model_len,
                           self.device, kv_dtype, self.kv_heads, self.layer_devices)
         self.sampler = Sampler(max_running, model.config.vocab_size, self.device)
+        # What decides K/V besides the tokens: the model (its config and where its weights came from), the
+        # cache dtype and this process's shard. The root of every block hash, so no cache can be reused
+        # across any of them.
+        shard = f"{group.rank}/{group.size}" if group else "0/1"
+        self.identity = hashlib.sha256("|".join((model.config.to_json_string(), str(model.config._name_or_path),
+                                                 str(kv_dtype), shard)).encode()).digest()
 
     def _auto_kv_tokens(self, dtype: torch.dtype, utilization: float) -> int:
+        """Pool positions: each costs one K/V page per layer pair (attention.py shares a sliding layer's pool
+        with a full layer's), and the sliding tables of max_running requests (window + a block each) come
+        out of it too."""
         cfg = self.model.config
         per_layer = position_bytes(cfg, dtype, self.kv_heads)
-        full = [t != "sliding_attention" for t in cfg.layer_types]
+        sliding = [t == "sliding_attention" for t in cfg.layer_types]
+        window = int(cfg.sliding_window or 0) if any(sliding) else 0
+        block = self.block_size
+        sliding_tokens = self.max_running * (-(-window // block) + 1) * block if window else 0
         if self.device.type == "cuda":
             # A step's transient memory: hidden states and MoE buffers of max_batched_tokens tokens (~32
             # hidden-size vectors each, generously), the float32 logits rows and the sampler's sort of them,
-            # a prefill attention tile (logits, masked copy, sink-extended copy, probabilities), and the
-            # sliding rings, which are allocated next to the pool. Every device that holds layers is charged
-            # the activations (a pipeline passes them along) and its own layers' pools and rings.
+            # and a prefill attention tile (logits, masked copy, sink-extended copy, probabilities). Every
+            # device that holds layers is charged the activations (a pipeline passes them along) and its own
+            # layers' pools.
             elt = torch.empty((), dtype=dtype).element_size()
             activations = (self.max_batched_tokens * cfg.hidden_size * 32 * elt
                            + self.max_running * cfg.vocab_size * 4 * 3 + 4 * ATTN_TILE_BYTES)
             fits = []
             for dev in dict.fromkeys(self.layer_devices):
-                mine = [f for f, d in zip(full, self.layer_devices) if d == dev]
-                rings = per_layer * mine.count(False) * self.max_running * int(cfg.sliding_window or 0)
+                mine = [s for s, d in zip(sliding, self.layer_devices) if d == dev]
+                per_token = per_layer * max(mine.count(True), mine.count(False))
                 free, _total = torch.cuda.mem_get_info(dev)
-                budget = int(free * utilization) - activations - rings
-                per_token = per_layer * mine.count(True)
-                if budget < per_token * self.max_model_len:
+                budget = int(free * utilization) - activations
+                if budget < per_token * (self.max_model_len + sliding_tokens):
                     raise MemoryError(f"{free / 2**30:.1f} GiB free on {dev} after loading the model leaves no room "
                                       f"for a KV cache of one {self.max_model_len}-token request; lower "
                                       "max_model_len/max_running")
-                if per_token:
-                    fits.append(budget // per_token)
+                fits.append(budget // per_token)
             return min(fits)
-        per_token = per_layer * full.count(True)
+        per_token = per_layer * max(sliding.count(True), sliding.count(False))
         want = self.max_running * self.max_model_len // 4
-        return max(self.max_model_len, min(want, CPU_KV_MAX_BYTES // per_token))
+        return max(self.max_model_len, min(want, CPU_KV_MAX_BYTES // per_token)) + sliding_tokens
 
     @staticmethod
     def prepare(batch: Batch) -> tuple[StepInputs, list[Request]]:

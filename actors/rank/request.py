@@ -28,6 +28,9 @@ class Request:
     out: list[int] = field(default_factory=list)
     slot: int | None = None  # running slot: sliding-window ring and block-table row
     blocks: list[int] = field(default_factory=list)  # KV block table of the full-attention layers
+    sw: list[int] = field(default_factory=list)  # ... of the sliding layers (-1: fell out of the window)
+    hashes: list[bytes] = field(default_factory=list)  # chained hashes of its complete blocks, as far as known
+    registered: int = 0  # leading blocks whose K/V are final and findable by hash
     computed: int = 0  # tokens of prompt + out whose K/V are in the cache (or are written this step)
     finish: str | None = None
 

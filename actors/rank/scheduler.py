@@ -9,7 +9,10 @@ a batch runs is admitted the very next step, given a free slot and KV blocks: wh
 already being read in chunks take at most half the prefill budget, so the rest is theirs.
 
 KV blocks (block_manager.py) are taken on admission and as a request grows, and returned when it
-finishes, is aborted or is preempted. When a decoding request needs a block and none is free, the newest
+finishes, is aborted or is preempted; sliding-window blocks also as they fall out of the window. With
+prefix caching, an admitted request first takes the cached blocks of its longest cached prefix and starts
+computing after it; a chunk that does not fit the free blocks is shortened to what fits. After each step
+the blocks it completed are registered, so later requests (and this one, if preempted) find them. When a decoding request needs a block and none is free, the newest
 running request is preempted by recompute (vLLM V1 / nano-vllm): its blocks and slot are freed and it goes
 back to the FRONT of the waiting queue with the tokens it generated; readmitted, it prefills prompt +
 generated tokens again and continues. Its sampling generator is untouched, so a seeded request gives the
@@ -24,7 +27,7 @@ import threading
 from collections import deque
 from typing import NamedTuple
 
-from .block_manager import BlockManager
+from .block_manager import FULL, BlockManager, block_hashes
 from .request import Output, Request
 from .sampling import SamplingParams, TokenLogprobs
 
@@ -35,7 +38,8 @@ class QueueFull(Exception):
 
 class Batch(NamedTuple):
     """One step's work. items: (request, first position, tokens) with one-token segments first (the packed
-    layout StepBatch expects); table: the block-table entries (slot, index, block) added this step;
+    layout StepBatch expects); table: the block-table entries (slot, column, block) added this step (the
+    sliding layers' columns follow the full layers' `max_blocks`);
     admitted: requests that took a slot this step (their sampler state starts now)."""
 
     items: list[tuple[Request, int, int]]
@@ -45,8 +49,10 @@ class Batch(NamedTuple):
 
 class Scheduler:
     def __init__(self, blocks: BlockManager, eos_ids: list[int], max_running: int, max_waiting: int,
-                 max_model_len: int, max_batched_tokens: int) -> None:
+                 max_model_len: int, max_batched_tokens: int, seed: bytes = b"") -> None:
         self.blocks = blocks
+        self.seed = seed  # what besides the tokens decides K/V (model, dtype, shard): the hash chain's root
+        self.max_blocks = blocks.blocks_for(max_model_len)
         self.eos_ids = set(eos_ids)
         self.max_running = max_running
         self.max_waiting = max_waiting
@@ -58,6 +64,8 @@ class Scheduler:
         self._aborts: set[str] = set()
         self.lock = threading.Lock()
         self.preemptions_total = 0
+        self.prefix_queries = 0  # tokens of admitted sequences looked up in the prefix cache ...
+        self.prefix_hits = 0  # ... and found there
 
     # ---- the loop thread's side -----------------------------------------------------------------------
 
@@ -67,8 +75,8 @@ class Scheduler:
         if len(prompt) >= self.max_model_len:
             raise ValueError(f"prompt of {len(prompt)} tokens does not fit max_model_len {self.max_model_len}")
         longest = min(len(prompt) + params.max_tokens, self.max_model_len)
-        if self.blocks.blocks_for(longest) > self.blocks.num_blocks:
-            raise ValueError(f"a request of up to {longest} tokens needs {self.blocks.blocks_for(longest)} KV blocks; "
+        if self.blocks.alone(longest) > self.blocks.num_blocks:
+            raise ValueError(f"a request of up to {longest} tokens needs {self.blocks.alone(longest)} KV blocks; "
                              f"this rank's whole cache has {self.blocks.num_blocks}: lower max_tokens or the prompt")
         with self.lock:
             if len(self.waiting) >= self.max_waiting:
@@ -85,14 +93,14 @@ class Scheduler:
     # ---- the step thread's side ---------------------------------------------------------------------------
 
     def _release(self, r: Request) -> None:
-        self.blocks.release(r.blocks)
+        self.blocks.release(r.blocks, r.sw)
         if r.slot is not None:
             self.free_slots.append(r.slot)
             r.slot = None
 
     def _preempt(self, r: Request) -> None:
         self._release(r)
-        r.computed = 0
+        r.computed = r.registered = 0
         self.waiting.appendleft(r)
         self.preemptions_total += 1
 
@@ -100,7 +108,7 @@ class Scheduler:
         """Someone (the actor, after a failed step) dropped running requests: take back what they held."""
         held = {r.slot for r in self.running}
         self.free_slots = [s for s in range(self.max_running - 1, -1, -1) if s not in held]
-        self.blocks.reclaim({b for r in self.running for b in r.blocks})
+        self.blocks.reclaim([t for r in self.running for t in (r.blocks, r.sw)])
 
     def schedule(self, outputs: list[Output]) -> Batch:
         """Handle aborts (their outputs go to `outputs`), grow or preempt running requests, admit waiting
@@ -126,7 +134,7 @@ class Scheduler:
             # in the next step instead of waiting behind a long prompt, and the long prompt still advances.
             reserve = self.max_batched_tokens // 2 if self.waiting and self.free_slots else 0
             preempted = False
-            bs = self.blocks.block_size
+            bm = self.blocks
             i = 0
             while i < len(self.running):
                 r = self.running[i]
@@ -135,8 +143,11 @@ class Scheduler:
                 if n == 0:
                     i += 1
                     continue
-                if r.computed + n > len(r.blocks) * bs:  # needs a new block (every block_size decode steps)
-                    while not self.blocks.can_grow(r.blocks, r.computed + n):
+                bm.trim(r.sw, r.computed)
+                if bm.need(len(r.blocks), len(r.sw), r.computed + n):  # a new block (every block_size decodes)
+                    if n > 1:  # a chunk shrinks to what the free blocks hold
+                        n = min(n, max(1, bm.fit(len(r.blocks), len(r.sw)) - r.computed))
+                    while bm.need(len(r.blocks), len(r.sw), r.computed + n) > bm.available:
                         victim = self.running.pop()  # the newest; r itself when r is the newest
                         self._preempt(victim)
                         preempted = True
@@ -152,13 +163,22 @@ class Scheduler:
             # No admissions in a step that had to preempt: the blocks just freed are for the survivors.
             while self.waiting and self.free_slots and budget > 0 and not preempted:
                 r = self.waiting[0]
-                n = min(r.seq_len, budget)
-                if not self.blocks.can_grow(r.blocks, n):
+                if bm.caching and len(r.hashes) < r.seq_len // bm.block_size:
+                    block_hashes(r.tokens(0, r.seq_len), bm.block_size, self.seed, r.hashes)
+                hit = bm.match(r.hashes, r.seq_len)
+                start, taken = hit * bm.block_size, bm.cached_free(r.hashes, hit)
+                n = min(r.seq_len - start, budget, bm.fit(hit, hit, taken) - start)
+                if n < 1:
                     break
                 self.waiting.popleft()
                 r.slot = self.free_slots.pop()
                 admitted.append(r)
                 self.running.append(r)
+                self.prefix_queries += r.seq_len
+                self.prefix_hits += start
+                table += [(r.slot, j + (kind != FULL) * self.max_blocks, b)
+                          for kind, j, b in bm.take_cached(r.hashes, hit, r.blocks, r.sw)]
+                r.computed = r.registered = start
                 budget -= n
                 self._grow(r, n, table)
                 (decodes if n == 1 else chunks).append((r, n))
@@ -170,13 +190,22 @@ class Scheduler:
 
     def _grow(self, r: Request, n: int, table: list[tuple[int, int, int]]) -> None:
         """Give r the blocks for its next n tokens now (so later checks this step see them taken)."""
-        have = len(r.blocks)
-        for j, b in enumerate(self.blocks.grow(r.blocks, r.computed + n)):
-            table.append((r.slot, have + j, b))
+        table += [(r.slot, j + (kind != FULL) * self.max_blocks, b)
+                  for kind, j, b in self.blocks.grow(r.blocks, r.sw, r.computed + n)]
 
-    def postprocess(self, done: list[Request], tokens: list[int], lps: list[TokenLogprobs | None]) -> list[Output]:
-        """Append each sampled token, finish the requests that stop or reach their length (their slot and
-        blocks are free for the next step's joiners)."""
+    def postprocess(self, batch: Batch, done: list[Request], tokens: list[int],
+                    lps: list[TokenLogprobs | None]) -> list[Output]:
+        """After the step's forward: register the blocks it completed, append each sampled token, finish the
+        requests that stop or reach their length (their slot and blocks are free for the next step's joiners)."""
+        bm = self.blocks
+        if bm.caching:
+            for r, _, _ in batch.items:
+                complete = r.computed // bm.block_size
+                if complete > r.registered:
+                    if len(r.hashes) < complete:
+                        block_hashes(r.tokens(0, complete * bm.block_size), bm.block_size, self.seed, r.hashes)
+                    bm.register(r.hashes, r.blocks, r.sw, r.registered, complete)
+                    r.registered = complete
         outputs = []
         for r, token, lp in zip(done, tokens, lps):
             r.out.append(token)

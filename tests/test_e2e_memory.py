@@ -136,32 +136,6 @@ def test_critical_pressure_sheds_evicts_idle_sessions_and_cancel_frees_kv(tree):
     assert tree.post(f"/v1/responses/{plain['id']}/cancel").status_code == 400
 
 
-def rank_tokens(tree: Tree) -> int:
-    return tree.ctl("bundle")["actors"]["rank-0"]["tokens_total"]
-
-
-def test_no_cached_answer_of_the_old_checkpoint_after_a_reload_onto_another(tree, tmp_path):
-    ask = {"model": M, "messages": [{"role": "user", "content": "cache me"}], "max_tokens": 8, "temperature": 0}
-    first = tree.post("/v1/chat/completions", json=ask).json()
-    before = rank_tokens(tree)
-    assert tree.post("/v1/chat/completions", json=ask).json()["choices"] == first["choices"]
-    assert rank_tokens(tree) == before  # the repeat came from the response cache
-    other = tmp_path / "tiny-copy"
-    shutil.copytree(ensure_tiny(), other)
-    cfg = yaml.safe_load(tree.config_path.read_text())
-    tree.config_path.write_text(yaml.safe_dump({**cfg, "model": str(other)}))
-    old = tree.pid("rank-0")
-    tree.signal(signal.SIGHUP)  # systemctl reload: re-read the config, roll the ranks onto the new checkpoint
-
-    def rolled() -> bool:
-        rank = tree.ctl("status")["actors"]["rank-0"]
-        return rank["pid"] != old and rank["state"] == "ready" and not rank["drained"] \
-            and str(other) in rank["load"].get("model_identity", "")
-    wait_for(rolled, 120, "rank-0 serving the new checkpoint")
-    assert tree.post("/v1/chat/completions", json=ask).status_code == 200
-    assert rank_tokens(tree) > 0  # the new rank generated it: the old checkpoint's cached answer was not served
-
-
 KEPT: dict[str, dict] = {}  # responses the kill -9 test leaves for the full-restart test
 
 
@@ -188,11 +162,39 @@ def test_store_survives_kill_9_of_the_front(tree):
     KEPT.update(first=first, follow=follow.json(), failed=failed)
 
 
+def rank_tokens(tree: Tree) -> int:
+    return tree.ctl("bundle")["actors"]["rank-0"]["tokens_total"]
+
+
+def test_no_cached_answer_of_the_old_checkpoint_after_a_reload_onto_another(tree, tmp_path):
+    ask = {"model": M, "messages": [{"role": "user", "content": "cache me"}], "max_tokens": 8, "temperature": 0}
+    first = tree.post("/v1/chat/completions", json=ask).json()
+    before = rank_tokens(tree)
+    assert tree.post("/v1/chat/completions", json=ask).json()["choices"] == first["choices"]
+    assert rank_tokens(tree) == before  # the repeat came from the response cache
+    other = tmp_path / "tiny-copy"
+    shutil.copytree(ensure_tiny(), other)
+    cfg = yaml.safe_load(tree.config_path.read_text())
+    tree.config_path.write_text(yaml.safe_dump({**cfg, "model": str(other)}))
+    old = tree.pid("rank-0")
+    tree.signal(signal.SIGHUP)  # systemctl reload: re-read the config, roll the ranks onto the new checkpoint
+
+    def rolled() -> bool:
+        rank = tree.ctl("status")["actors"]["rank-0"]
+        return rank["pid"] != old and rank["state"] == "ready" and not rank["drained"] \
+            and str(other) in rank["load"].get("model_identity", "")
+    wait_for(rolled, 120, "rank-0 serving the new checkpoint")
+    assert tree.post("/v1/chat/completions", json=ask).status_code == 200
+    assert rank_tokens(tree) > 0  # the new rank generated it: the old checkpoint's cached answer was not served
+
+
 @pytest.mark.timeout(300)  # a whole second server start: slow on a busy 2-core box
 def test_store_survives_a_full_restart(tree, state_dir):
     """Everything stored before a SIGTERM of the whole server (the earlier tests' responses too) is served by
     the next server on the same state directory."""
-    first = tree.post("/v1/responses", json={"model": M, "input": "before restart", "max_output_tokens": 8}).json()
+    served = tree.get("/v1/models").json()["data"][0]["id"]  # the reload test may have moved it to a copy
+    first = tree.post("/v1/responses", json={"model": served, "input": "before restart",
+                                             "max_output_tokens": 8}).json()
     kept = [first, *KEPT.values()]
     assert tree.stop() == 0
     again = Tree("--ranks", "1", config={**CONFIG, "paths": {"state_dir": str(state_dir)}}).start(timeout=240)

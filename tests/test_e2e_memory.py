@@ -109,9 +109,10 @@ def test_critical_pressure_sheds_evicts_idle_sessions_and_cancel_frees_kv(tree):
     assert tree.post("/v1/chat/completions", headers={"X-Session-ID": "idle-1"},
                      json={"model": M, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}).status_code == 200
     time.sleep(0.6)
-    # one long background response: ~1100 prompt tokens hold 69 of 128 blocks (54% > critical 50%)
+    # one long background response: ~1100 prompt tokens hold 69 full-attention blocks of 128, plus the sliding
+    # window's (54% and more > critical 50%); at most 1700 tokens, so the rank's whole cache can take it
     big = tree.post("/v1/responses", json={"model": M, "input": long_input(1100), "background": True,
-                                           "max_output_tokens": 800, "ignore_eos": True}).json()
+                                           "max_output_tokens": 600, "ignore_eos": True}).json()
     s = wait_for(lambda: (s := stats(tree))["memory_pressure"] == "critical" and s, 30, "critical pressure")
     assert s["ranks"]["rank-0"]["kv_used_frac"] >= 0.5
     # elevated or worse: the idle session was handed to its rank for eviction
@@ -125,7 +126,7 @@ def test_critical_pressure_sheds_evicts_idle_sessions_and_cancel_frees_kv(tree):
     assert tree.get(f"/v1/responses/{big['id']}").json()["status"] == "in_progress"
     cancelled = tree.post(f"/v1/responses/{big['id']}/cancel")
     assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
-    assert 0 < cancelled.json()["usage"]["output_tokens"] < 800
+    assert 0 < cancelled.json()["usage"]["output_tokens"] < 600
     wait_for(lambda: stats(tree)["ranks"]["rank-0"]["kv_blocks_used"] == 0, 10, "KV blocks freed")
     wait_for(lambda: stats(tree)["memory_pressure"] == "ok", 10, "pressure back to ok")
     assert tree.post("/v1/chat/completions", json={"model": M, "messages": [{"role": "user", "content": "hi"}],

@@ -10,7 +10,8 @@ harmony's `functions` namespace and the response_format as a "# Response Formats
   to=functions.NAME <|constrain|>json<|message|>`), and the parser is primed with the same ids, so whatever
   the model writes next parses as that call's arguments;
 - "required" with several tools: the header is pre-filled up to `to=functions.` and the model picks the name.
-parallel_tool_calls=false keeps only the first call. The legacy `functions`/`function_call` are the same
+parallel_tool_calls=false keeps only the first call. response_format is rendered for the model and enforced by
+a grammar on the rank, as are the arguments of `strict` tools (structured.py). The legacy `functions`/`function_call` are the same
 tools and tool_choice, answered in their own shape: one `function_call` instead of `tool_calls`.
 """
 from __future__ import annotations
@@ -25,7 +26,7 @@ from aiohttp import web
 from jinja2 import TemplateError
 
 from . import logprobs as lp
-from . import observe
+from . import observe, structured
 from .errors import APIError
 from .generation import (
     Choice,
@@ -97,6 +98,14 @@ def render(front: Front, body: dict[str, Any]) -> tuple[list[int], list[int]]:
     return [int(t) for t in ids] + pre, pre
 
 
+def constraint(body: dict[str, Any], param: str) -> str | None:
+    """The request's output grammar (None when nothing is constrained); one that cannot compile is a 400."""
+    tools, prefill = _tool_plan(body)
+    text = structured.grammar(_response_format(body), tools, prefill)
+    structured.check(text, param if body.get("response_format") else "tools")
+    return text
+
+
 def _delta(d: Delta) -> dict[str, Any]:
     """One harmony delta as an OpenAI chunk delta; reasoning goes out under both names clients read."""
     if d.reasoning is not None:
@@ -162,6 +171,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                  body.get("max_completion_tokens", body.get("max_tokens")))
     with observe.span("render"):
         prompt_ids, prefill = await front.offload(render, front, body)
+    grammar = constraint(body, "response_format")
+    if grammar is not None:
+        s.wire["grammar"] = grammar
     parallel = body.get("parallel_tool_calls", True) and not legacy
     session = session_id(request.headers, body)
     resp_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())

@@ -31,7 +31,7 @@ from . import logprobs as lp
 from . import observe, params
 from .background import Job
 from . import response_input as ri
-from .chat import render
+from .chat import constraint, render
 from .errors import APIError
 from .generation import (
     Choice,
@@ -135,6 +135,9 @@ async def create(request: web.Request) -> web.StreamResponse:
     include = body.get("include", [])
     want_lp = "message.output_text.logprobs" in include
     s = params.sampling(body, body.get("top_logprobs", 0) if want_lp else None, body.get("max_output_tokens"))
+    grammar = constraint(_chat_body(body, [], effort), "text")
+    if grammar is not None:
+        s.wire["grammar"] = grammar
     conversation, prompt_ids, prefill, gen = await front.offload(_fit, front, body, conversation, effort, s)
     resp_id, created = f"resp_{uuid.uuid4().hex}", int(time.time())
     parser = HarmonyParser(front.tokenizer, resp_id)

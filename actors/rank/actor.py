@@ -16,6 +16,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable
+from pathlib import Path
 from typing import Any
 
 import zmq
@@ -26,6 +27,7 @@ from ...models.identity import model_identity
 from ..base import Actor
 from .build import build_engine
 from .engine import QueueFull
+from .grammar import Grammars
 from .sampling import SamplingParams
 from .tensor_group import TICK_S
 from .timings import Timings
@@ -64,6 +66,8 @@ class Rank(Actor):
         self.vocab_size = int(self.engine.runner.model.config.vocab_size)
         # GPUs this rank's replica spans (a pipeline's layers, or a tensor group): the router sends it long prompts
         self.devices = self.group.size if self.group else len(set(self.engine.runner.layer_devices))
+        # structured outputs; the tokenizer view loads with the first grammar request
+        self.grammars = Grammars(Path(self.cfg["model_path"]), self.vocab_size)
         log.info("model loaded", extra={"event": "model_loaded", "device": self.device, "dtype": str(dtype),
                                         "seconds": round(time.monotonic() - started, 2),
                                         "kv_blocks": self.engine.blocks.num_blocks,
@@ -126,6 +130,8 @@ class Rank(Actor):
             return self._fail(req_id, 503, "this rank is draining; retry", "rank_draining")
         try:
             params = SamplingParams.from_wire(m.body["params"], self.default_max_tokens)
+            if params.grammar is not None:
+                params.matcher = self.grammars.matcher(params.grammar)
             prompt = [int(t) for t in m.body["prompt_ids"]]
             if max(prompt) >= self.vocab_size:  # an embedding lookup past the table fails the whole step
                 raise ValueError(f"prompt holds token id {max(prompt)}, outside the vocabulary of {self.vocab_size}")

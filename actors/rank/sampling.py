@@ -10,7 +10,8 @@ the tokens the request generated so far (as vLLM). Counts live in a per-slot [sl
 allocated only once a penalized request shows up and rebuilt from the generated tokens on (re)admission.
 
 logit_bias (OpenAI's: a per-request {token id: -100..100} added to the logits) comes before penalties; a row
-without one costs nothing.
+without one costs nothing. A request with a grammar (structured outputs, grammar.py) has every token its
+grammar forbids masked last, so no bias or penalty can bring one back; its matcher consumes the drawn token.
 
 Logprobs (vLLM's default): from log_softmax of the raw logits (before bias, penalties and temperature), for
 the chosen token and the top-N alternatives; computed only for the rows that asked.
@@ -21,6 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
+
+from . import grammar
 
 MAX_LOGPROBS = 20
 # one entry per generated token: [chosen token's logprob, [[token_id, logprob], ...top-N]]
@@ -40,6 +43,8 @@ class SamplingParams:
     presence_penalty: float = 0.0
     logprobs: int | None = None  # number of top alternatives to return per token; None: no logprobs
     logit_bias: list[tuple[int, float]] = field(default_factory=list)
+    grammar: str | None = None  # Lark text (grammar.py); the rank builds `matcher` from it on admission
+    matcher: Any = None
 
     @classmethod
     def from_wire(cls, params: dict[str, Any], default_max_tokens: int) -> SamplingParams:
@@ -61,6 +66,7 @@ class SamplingParams:
             presence_penalty=float(get("presence_penalty", 0.0)),
             logprobs=None if params.get("logprobs") is None else int(params["logprobs"]),
             logit_bias=[(int(t), float(b)) for t, b in get("logit_bias", [])],
+            grammar=None if params.get("grammar") is None else str(params["grammar"]),
         )
         if (p.max_tokens < 1 or p.temperature < 0 or not 0 < p.top_p <= 1 or p.top_k < 0
                 or not -2 <= p.frequency_penalty <= 2 or not -2 <= p.presence_penalty <= 2
@@ -126,12 +132,17 @@ class Sampler:
             fp = torch.tensor([reqs[i].params.frequency_penalty for i in pen], device=dev)[:, None]
             pp = torch.tensor([reqs[i].params.presence_penalty for i in pen], device=dev)[:, None]
             x = x.index_put((rows,), x[rows] - fp * c - pp * (c > 0))
+        constrained = [i for i, r in enumerate(reqs) if r.params.matcher is not None]
+        if constrained:
+            x = grammar.mask(x, constrained, [reqs[i].params.matcher for i in constrained])
         rand = [i for i, r in enumerate(reqs) if r.params.temperature != 0]
         tokens = torch.argmax(x, dim=-1)
         if rand:
             tokens[rand] = self._draw(x[rand], [reqs[i] for i in rand])
         if pen:
             self.counts.index_put_((slots, tokens[rows]), torch.ones(len(pen), device=dev), accumulate=True)
+        if constrained:
+            grammar.advance([reqs[i].params.matcher for i in constrained], tokens[constrained].tolist())
         lps: list[TokenLogprobs | None] = [None] * len(reqs)
         ask = [i for i, r in enumerate(reqs) if r.params.logprobs is not None]
         if ask:

@@ -213,20 +213,35 @@ async def create(request: web.Request) -> web.StreamResponse:
 def _fit(front: Front, body: dict[str, Any], conversation: list[dict[str, Any]], effort: str | None,
          s: params.Sampling) -> tuple[list[dict[str, Any]], list[int], list[int], dict[str, Any]]:
     """(conversation, prompt ids, pre-filled ids, generate params). With truncation "auto" a conversation too
-    long for the context loses its oldest items (a tool result whose call went goes too) until it fits."""
-    while True:
+    long for the context loses its oldest items (a tool result whose call went goes too): the fewest that
+    make it fit, found by bisection so a long conversation costs a few renders, not one per item."""
+    def attempt(k: int) -> tuple[list[dict[str, Any]], list[int], list[int], dict[str, Any]]:
+        kept = [m for m in conversation if m["role"] not in ("system", "developer")][k:]
+        while len(kept) > 1 and kept[0]["role"] == "tool":
+            kept = kept[1:]
+        conv = [m for m in conversation if m["role"] in ("system", "developer")] + kept
         with observe.span("render"):
-            prompt_ids, prefill = render(front, _chat_body(body, conversation, effort))
+            prompt_ids, prefill = render(front, _chat_body(body, conv, effort))
+        return conv, prompt_ids, prefill, s.params(front, len(prompt_ids), 0, "input")
+
+    try:
+        return attempt(0)
+    except APIError as exc:
+        if body.get("truncation") != "auto" or exc.code != "context_length_exceeded":
+            raise
+        too_long = exc
+    fit, lo, hi = None, 1, len([m for m in conversation if m["role"] not in ("system", "developer")]) - 1
+    while lo <= hi:
+        mid = (lo + hi) // 2
         try:
-            return conversation, prompt_ids, prefill, s.params(front, len(prompt_ids), 0, "input")
+            fit, hi = attempt(mid), mid - 1
         except APIError as exc:
-            rest = [m for m in conversation if m["role"] not in ("system", "developer")]
-            if body.get("truncation") != "auto" or exc.code != "context_length_exceeded" or len(rest) <= 1:
+            if exc.code != "context_length_exceeded":
                 raise
-            drop = conversation.index(rest[0])
-            conversation = conversation[:drop] + conversation[drop + 1:]
-            while len(conversation) > drop + 1 and conversation[drop]["role"] == "tool":
-                conversation = conversation[:drop] + conversation[drop + 1:]
+            lo = mid + 1
+    if fit is None:
+        raise too_long
+    return fit
 
 
 def _echo(body: dict[str, Any]) -> dict[str, Any]:

@@ -74,9 +74,22 @@ def test_stream_completion(tree):
 
 
 def test_greedy_is_deterministic_and_cached(tree):
+    """The engine generates the same greedy answer twice (a stream is never served from the response cache, and
+    the ranks' token counts show both generations); the third, non-streamed, ask is a cache hit."""
     client = tree.client()
-    a = chat(client, "Repeat after me", max_tokens=10, temperature=0)
-    b = chat(client, "Repeat after me", max_tokens=10, temperature=0)
+
+    def generated() -> int:
+        actors = tree.get("/admin/debug/bundle", headers=AUTH).json()["actors"]
+        return sum(a.get("tokens_total", 0) for n, a in actors.items() if n.startswith("rank-"))
+
+    before = generated()
+    a = chat(client, "Repeat after me", max_tokens=10, temperature=0, extra_body={"ignore_eos": True})
+    streamed = "".join(c.choices[0].delta.content or "" for c in
+                       chat(client, "Repeat after me", max_tokens=10, temperature=0, stream=True,
+                            extra_body={"ignore_eos": True}) if c.choices)
+    assert generated() - before >= 20, "both answers must come from the engine"
+    assert a.choices[0].message.content == streamed
+    b = chat(client, "Repeat after me", max_tokens=10, temperature=0, extra_body={"ignore_eos": True})
     assert a.choices[0].message.content == b.choices[0].message.content
     assert a.id != b.id
     bundle = tree.get("/admin/debug/bundle", headers=AUTH).json()

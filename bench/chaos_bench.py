@@ -55,11 +55,16 @@ async def client_loop(url: str, i: int, stop: asyncio.Event, tally: dict[str, in
             tally["refused" if exc.status_code in (429, 503) else "other_status"] += 1
             await asyncio.sleep(0.2)
         except openai.APIConnectionError:
-            # the front itself was killed: the TCP connection dropped (before any token or after some)
-            tally["front_dropped_after_tokens" if tokens else "front_dropped_before_token"] += 1
+            # the front itself was killed: its connection dropped mid-stream, or nothing listens until it is back
+            tally["front_dropped_after_tokens" if tokens else "front_down_refused"] += 1
             await asyncio.sleep(0.2)
-        except openai.APIError:
-            tally["failed_after_tokens" if tokens else "lost_before_token"] += 1
+        except openai.APIError as exc:
+            # rank_died is only ever given to a request whose rank had streamed tokens (harmony header tokens
+            # show no delta to the client, so the client's own count can still be 0)
+            streamed = tokens or getattr(exc, "code", None) == "rank_died"
+            tally["failed_after_tokens" if streamed else "lost_before_token"] += 1
+            if not streamed:
+                print("lost before a token:", getattr(exc, "code", None), str(exc)[:160], flush=True)
     await client.close()
 
 
@@ -88,7 +93,7 @@ async def main() -> None:
     args = ap.parse_args()
     proc, url, d = start_server(2)
     tally = dict.fromkeys(["sent", "completed", "refused", "cut_after_tokens", "failed_after_tokens",
-                           "front_dropped_after_tokens", "front_dropped_before_token", "lost_before_token",
+                           "front_dropped_after_tokens", "front_down_refused", "lost_before_token",
                            "hung", "other_status"], 0)
     stop = asyncio.Event()
     clients = [asyncio.ensure_future(client_loop(url, i, stop, tally, args.hang_s)) for i in range(args.streams)]

@@ -47,7 +47,10 @@ class Server:
         cfg = Path(tempfile.mkdtemp(prefix="pb", dir="/tmp")) / "config.yaml"
         cfg.write_text(f"engine:\n  prefix_caching: {str(caching).lower()}\n")
         self.proc, self.url, _ = start_server(ranks, str(cfg), {"GPTOSS_ADMIN_KEY": ADMIN})
-        self.client = openai.AsyncOpenAI(base_url=self.url + "/v1", api_key="unused", max_retries=0, timeout=600)
+
+    def client(self) -> openai.AsyncOpenAI:
+        """A client for one event loop (each phase runs in its own asyncio.run)."""
+        return openai.AsyncOpenAI(base_url=self.url + "/v1", api_key="unused", max_retries=0, timeout=600)
 
     def ranks(self) -> dict[str, dict]:
         actors = httpx.get(self.url + "/admin/debug/bundle", headers={"Authorization": f"Bearer {ADMIN}"},
@@ -74,8 +77,9 @@ async def ttft(client: openai.AsyncOpenAI, prompt: list[int]) -> float:
 
 async def shared_prefix(s: Server, tokens: int, repeats: int) -> dict:
     prefix = [(i * 7919) % 1900 + 10 for i in range(tokens)]
-    cold = await ttft(s.client, prefix + [1])
-    warm = [await ttft(s.client, prefix + [2 + i]) for i in range(repeats)]
+    client = s.client()
+    cold = await ttft(client, prefix + [1])
+    warm = [await ttft(client, prefix + [2 + i]) for i in range(repeats)]
     return {"cold_ttft_s": round(cold, 3), "warm_ttft_s": round(statistics.median(warm), 3),
             "ratio": round(cold / statistics.median(warm), 1)}
 
@@ -95,7 +99,8 @@ async def conversation(client: openai.AsyncOpenAI, c: int, turns: int, tokens: i
 async def multi_turn(s: Server, conversations: int, turns: int, tokens: int) -> dict:
     q0, h0 = s.prefix_totals()
     t0 = time.perf_counter()
-    prompt_tokens = sum(await asyncio.gather(*(conversation(s.client, c, turns, tokens) for c in range(conversations))))
+    client = s.client()
+    prompt_tokens = sum(await asyncio.gather(*(conversation(client, c, turns, tokens) for c in range(conversations))))
     wall = time.perf_counter() - t0
     q, h = s.prefix_totals()
     return {"prompt_tokens": prompt_tokens, "computed_tokens": (q - q0) - (h - h0), "hit_rate": round((h - h0) / max(1, q - q0), 3),
@@ -111,17 +116,23 @@ def main() -> None:
     p.add_argument("--answer-tokens", type=int, default=24)
     args = p.parse_args()
     out: dict = {"bench": "prefix"}
+
+    async def one_rank(s: Server, key: str) -> None:  # one event loop per server: its clients live in it
+        out[f"shared_{key}"] = await shared_prefix(s, args.prefix_tokens, args.repeats)
+        out[f"multi_turn_{key}"] = await multi_turn(s, args.conversations, args.turns, args.answer_tokens)
+
+    async def two_ranks(s: Server) -> None:
+        out["multi_turn_2_ranks"] = await multi_turn(s, args.conversations, args.turns, args.answer_tokens)
+
     for caching in (True, False):
         s = Server(1, caching)
         try:
-            key = "on" if caching else "off"
-            out[f"shared_{key}"] = asyncio.run(shared_prefix(s, args.prefix_tokens, args.repeats))
-            out[f"multi_turn_{key}"] = asyncio.run(multi_turn(s, args.conversations, args.turns, args.answer_tokens))
+            asyncio.run(one_rank(s, "on" if caching else "off"))
         finally:
             s.stop()
     s = Server(2, True)
     try:
-        out["multi_turn_2_ranks"] = asyncio.run(multi_turn(s, args.conversations, args.turns, args.answer_tokens))
+        asyncio.run(two_ranks(s))
     finally:
         s.stop()
     on, off, two = out["multi_turn_on"], out["multi_turn_off"], out["multi_turn_2_ranks"]

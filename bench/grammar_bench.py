@@ -6,6 +6,7 @@ rank's sampler does per constrained request. Variants alternate within one run (
 and each is run `--rounds` times; the median is reported. A second check: can the library express the
 harmony frame (free analysis, then the constrained final message) with the special tokens inside the grammar?
 
+    pip install -e ".[bench]"   # xgrammar, the comparison's other side
     python bench/grammar_bench.py [--model tiny|PATH] [--rounds 20]
 """
 from __future__ import annotations

@@ -27,6 +27,7 @@ from tree import Tree, chat
 NEVER = 2039  # bos as the only "eos": greedy runs are not cut short
 PROMPTS = {"a": list(range(5, 25)), "b": list(range(100, 103)), "long": [(i * 7) % 1900 for i in range(150)]}
 NEW = 40
+REUSE = PROMPTS["long"] + [11, 12, 13]  # run after the others: reuses the long prompt's cached blocks
 
 # One member of the group: rank 0 leads (schedules, samples, writes the tokens), rank 1 follows.
 MEMBER = textwrap.dedent("""
@@ -47,11 +48,17 @@ MEMBER = textwrap.dedent("""
         for name, p in prompts.items():
             eng.add(name, p, SamplingParams(max_tokens=new, temperature=0.0))
         out = {}
-        while eng.has_work():
-            for o in eng.step():
-                out.setdefault(o.req_id, []).extend(o.ids)
+        def run():
+            while eng.has_work():
+                for o in eng.step():
+                    out.setdefault(o.req_id, []).extend(o.ids)
+        run()
+        # Then one that reuses the long prompt's cached blocks: the follower must find them in its own shard.
+        eng.add("reuse", json.loads(sys.argv[3]), SamplingParams(max_tokens=new, temperature=0.0))
+        run()
         group.stop()
-        print(json.dumps({"tokens": out, "kv_heads": eng.kv_heads, "blocks": eng.blocks.num_blocks}))
+        print(json.dumps({"tokens": out, "kv_heads": eng.kv_heads, "blocks": eng.blocks.num_blocks,
+                          "prefix_hits": eng.load()["prefix_hits"]}))
     else:
         follow(eng, group)
         print(json.dumps({"kv_heads": eng.kv_heads, "kv_shape": list(eng.kv.k[1].shape)}))
@@ -68,8 +75,9 @@ def test_two_rank_group_generates_what_one_process_does(tmp_path):
     script = tmp_path / "member.py"
     script.write_text(MEMBER)
     port = free_tcp_port()
-    procs = [subprocess.Popen([sys.executable, str(script), json.dumps(PROMPTS), str(NEW)], env=_group_env(r, port),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    argv = [sys.executable, str(script), json.dumps(PROMPTS), str(NEW), json.dumps(REUSE)]
+    procs = [subprocess.Popen(argv, env=_group_env(r, port), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for r in (0, 1)]
     results = []
     for p in procs:
         out, err = p.communicate(timeout=300)
@@ -86,9 +94,16 @@ def test_two_rank_group_generates_what_one_process_does(tmp_path):
     for name, p in PROMPTS.items():
         eng.add(name, p, SamplingParams(max_tokens=NEW, temperature=0.0))
     single: dict[str, list[int]] = {}
-    while eng.has_work():
-        for o in eng.step():
-            single.setdefault(o.req_id, []).extend(o.ids)
+
+    def run() -> None:
+        while eng.has_work():
+            for o in eng.step():
+                single.setdefault(o.req_id, []).extend(o.ids)
+    run()
+    eng.add("reuse", REUSE, SamplingParams(max_tokens=NEW, temperature=0.0))
+    run()
+    # The group reused the long prompt's blocks as one process does (all but its last partial block).
+    assert leader["prefix_hits"] == eng.load()["prefix_hits"] >= 128
     # The sharded forward sums the attention and expert outputs of the two halves in another order than one
     # process does (an all-reduce of partial sums), so logits differ in the last float32 bits; on the tiny
     # model greedy argmax is not that close anywhere in these runs, so the tokens are compared exactly.

@@ -241,20 +241,22 @@ FORECAST = {"type": "object", "additionalProperties": False, "required": ["city"
 
 @pytest.mark.timeout(300)  # 50 generations of up to 400 tokens on a shared CPU
 def test_fifty_structured_outputs_parse_and_validate(tree):
-    """Sampled at temperature 1 so the 50 differ; each must parse and validate: chat json_schema (two schemas),
+    """Sampled at temperature 1 so the 50 differ (chat seeded, choice i at seed + i, so a run is reproducible and
+    a free analysis that runs past max_tokens cannot fail it by chance); each must parse and validate: chat json_schema (two schemas),
     responses text.format, and a strict tool's arguments. (json_object is checked on the grammar alone in
     test_structured.py: its keys and strings are unbounded, and the tiny model can write one to max_tokens.)
     The analysis channel is free, so max_tokens leaves the tiny model room to finish thinking first."""
     outputs = []
     rf = {"type": "json_schema", "json_schema": {"name": "forecast", "schema": FORECAST, "strict": True}}
-    for _ in range(2):
+    for k in range(2):
         r = post(tree, "/v1/chat/completions", {"model": M, "messages": [{"role": "user", "content": "Forecast for Paris?"}],
-                                                "response_format": rf, "n": 10, "max_tokens": 400, "temperature": 1})
+                                                "response_format": rf, "n": 10, "max_tokens": 400, "temperature": 1,
+                                                "seed": 100 * k})
         outputs += [(c["message"]["content"], FORECAST, c["finish_reason"]) for c in r.json()["choices"]]
     units = {"type": "object", "required": ["unit", "days"], "additionalProperties": False,
              "properties": {"unit": {"enum": ["metric", "imperial"]}, "days": {"type": "integer", "minimum": 0, "maximum": 99}}}
     r = post(tree, "/v1/chat/completions", {"model": M, "messages": USER, "n": 10, "max_tokens": 400, "temperature": 1,
-                                            "response_format": {"type": "json_schema",
+                                            "seed": 200, "response_format": {"type": "json_schema",
                                                                 "json_schema": {"name": "units", "schema": units}}})
     outputs += [(c["message"]["content"], units, c["finish_reason"]) for c in r.json()["choices"]]
     for _ in range(10):
@@ -265,7 +267,7 @@ def test_fifty_structured_outputs_parse_and_validate(tree):
                         FORECAST, r.json()["status"]))
     strict = {"type": "function", "function": {"name": "get_forecast", "strict": True, "parameters": FORECAST}}
     r = post(tree, "/v1/chat/completions", {"model": M, "messages": USER, "tools": [strict], "tool_choice": "required",
-                                            "n": 10, "max_tokens": 400, "temperature": 1})
+                                            "n": 10, "max_tokens": 400, "temperature": 1, "seed": 300})
     outputs += [(c["message"]["tool_calls"][0]["function"]["arguments"], FORECAST, c["finish_reason"])
                 for c in r.json()["choices"]]
     assert len(outputs) == 50

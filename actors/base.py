@@ -93,15 +93,15 @@ class Actor:
         k = instruments.key(name, labels) if labels else name
         self.counters[k] = self.counters.get(k, 0.0) + value
 
-    def observe(self, name: str, value: float, **labels: Any) -> None:
-        """One observation of histogram `name` (its buckets are instruments.BUCKETS[name])."""
+    def observe(self, name: str, value: float, n: int = 1, **labels: Any) -> None:
+        """`n` observations of `value` in histogram `name` (its buckets are instruments.BUCKETS[name])."""
         if not self.observing:
             return
         k = instruments.key(name, labels) if labels else name
         h = self.hists.get(k)
         if h is None:
             h = self.hists[k] = instruments.Histogram(instruments.BUCKETS[name])
-        h.observe(value)
+        h.observe(value, n)
 
     def msg(self, type: str, **body: Any) -> messages.Message:
         return messages.make(type, self.name, **body)

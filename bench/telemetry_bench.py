@@ -39,18 +39,19 @@ def _config(enabled: bool) -> str:
     return str(path)
 
 
-def tree_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a tree: its supervisor and every process below it."""
-    procs = [psutil.Process(pid)]
-    procs += procs[0].children(recursive=True)
-    total = 0.0
-    for p in procs:
+def tree_cpu_s(pid: int) -> dict[str, float]:
+    """User + system CPU seconds of a tree, per process: the supervisor and every actor (by its --name)."""
+    top = psutil.Process(pid)
+    out = {}
+    for p in [top, *top.children(recursive=True)]:
         try:
+            cmd = p.cmdline()
             t = p.cpu_times()
-            total += t.user + t.system
         except psutil.NoSuchProcess:
-            pass
-    return total
+            continue
+        name = cmd[cmd.index("--name") + 1] if "--name" in cmd else "supervisor"
+        out[name] = out.get(name, 0.0) + t.user + t.system
+    return out
 
 
 def main() -> None:
@@ -67,11 +68,13 @@ def main() -> None:
         for i in range(args.rounds):
             for variant in (("on", "off") if i % 2 == 0 else ("off", "on")):
                 proc, url, _ = servers[variant]
-                cpu = tree_cpu_s(proc.pid)
+                before = tree_cpu_s(proc.pid)
                 r = asyncio.run(run(url, "gpt-oss-tiny", args.concurrency, args.tokens, True))
                 # the warm-up request inside run() is counted too: the same in both variants
-                r.update(bench="telemetry", variant=variant, round=i,
-                         cpu_ms_per_token=round((tree_cpu_s(proc.pid) - cpu) * 1000 / r["output_tokens"], 4))
+                per = {k: round((v - before.get(k, 0.0)) * 1000 / r["output_tokens"], 4)
+                       for k, v in tree_cpu_s(proc.pid).items()}
+                r.update(bench="telemetry", variant=variant, round=i, cpu_ms_per_token=round(sum(per.values()), 4),
+                         cpu_ms_per_token_by_actor=per)
                 rows[variant].append(r)
                 print(json.dumps(r), flush=True)
     finally:
@@ -82,6 +85,9 @@ def main() -> None:
         receiver.stop()
     med = {v: {k: statistics.median(r[k] for r in rows[v]) for k in ("tokens_per_s", "ttft_p50_s", "cpu_ms_per_token")}
            for v in rows}
+    for v in rows:
+        med[v]["by_actor"] = {a: round(statistics.median(r["cpu_ms_per_token_by_actor"].get(a, 0.0) for r in rows[v]), 4)
+                              for a in rows[v][0]["cpu_ms_per_token_by_actor"]}
     summary = {"bench": "telemetry_overhead", "rounds": args.rounds, "concurrency": args.concurrency,
                "tokens_per_request": args.tokens, "median": med,
                "tokens_per_s_loss": round(1 - med["on"]["tokens_per_s"] / med["off"]["tokens_per_s"], 4),

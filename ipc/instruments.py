@@ -5,7 +5,8 @@ text Prometheus itself uses, so the telemetry actor needs no second naming schem
 per process, fixed buckets per metric name (BUCKETS), sent as `[count per bucket ..., sum, count]`.
 Everything is cumulative from the process's start: a restarted actor starts again at zero, which is exactly
 what Prometheus's rate() reads as a counter reset (each series belongs to one actor, never summed here).
-Observing is a bisect and two adds: cheap enough for once-per-token-batch calls on the front's hot path.
+Observing is a bisect and three adds, however many observations it records: cheap enough for once-per-token-batch
+calls on the front's hot path.
 """
 from __future__ import annotations
 
@@ -63,10 +64,11 @@ class Histogram:
         self.sum = 0.0
         self.count = 0
 
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1
-        self.sum += value
-        self.count += 1
+    def observe(self, value: float, n: int = 1) -> None:
+        """`n` observations of `value` (a batch of n tokens that shares one measured gap, for instance)."""
+        self.counts[bisect.bisect_left(self.bounds, value)] += n
+        self.sum += value * n
+        self.count += n
 
     def wire(self) -> list[float]:
         return [*self.counts, self.sum, self.count]

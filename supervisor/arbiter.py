@@ -282,7 +282,12 @@ class Arbiter:
             await asyncio.sleep(interval)
 
     def tree(self) -> dict[str, Any]:
-        return {name: c.public() for name, c in self.children.items()}
+        """Every child's public state, plus `heartbeat_at` for a running one: the wall-clock time of the last
+        pong (or of its start/ready, before its first pong), which telemetry turns into
+        actor_heartbeat_age_seconds. Only the supervisor knows it, and it is what tells a wedged actor apart."""
+        wall, mono = time.time(), time.monotonic()
+        return {name: c.public() | ({"heartbeat_at": wall - (mono - c.last_pong)} if c.proc is not None else {})
+                for name, c in self.children.items()}
 
     def publish(self) -> None:
         sockets.send_nowait(self.pub, messages.make("tree", "supervisor", actors=self.tree(), stopping=self.stopping))

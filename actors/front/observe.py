@@ -152,9 +152,12 @@ def record_submit(choices: list[Choice]) -> None:
 
 
 def record_tokens(front: Front, choice: Choice, last: dict[Choice, tuple]) -> None:
-    """A batch of new tokens for `choice` (its `tokens` already counts them): TTFT on its first, else
-    inter-token latency, the gap since the choice's previous batch per token of this batch (one observation
-    per batch: the front hands tokens on in batches, and one bisect per batch keeps this cheap)."""
+    """A batch of new tokens for `choice` (its `tokens` already counts them): TTFT on its first, and one
+    inter-token latency observation per token after the first, as vLLM counts them. The front gets tokens in
+    batches (a rank step's, or several steps' when the front is behind): a batch of k tokens that came dt
+    after the previous one is k gaps of dt/k; tokens that came in the same batch as the first are gaps of 0,
+    as the client got them. So a choice of n tokens has n - 1 observations summing to its last token's time
+    minus its first's (one bisect per batch, however many tokens it carries)."""
     now = time.perf_counter()
     rank = getattr(choice.pending, "rank", None) or "unknown"
     prev = last.get(choice)
@@ -170,9 +173,13 @@ def record_tokens(front: Front, choice: Choice, last: dict[Choice, tuple]) -> No
             rec.ttft, rec.rank = now - start, rank
             log.info("first token", extra={"event": "request.first_token", "rank": rank,
                                            "ttft_s": round(rec.ttft, 4)})
+        if choice.tokens > 1:
+            front.observe("llm_inter_token_latency_seconds", 0.0, choice.tokens - 1, rank=rank)
+            if rec is not None:
+                rec.itl_tokens += choice.tokens - 1
         return
     n = choice.tokens - prev[1]
-    front.observe("llm_inter_token_latency_seconds", (now - prev[0]) / n, rank=rank)
+    front.observe("llm_inter_token_latency_seconds", (now - prev[0]) / n, n, rank=rank)
     if rec is not None:
         rec.itl_total += now - prev[0]
         rec.itl_tokens += n

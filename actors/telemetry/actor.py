@@ -66,6 +66,14 @@ class Telemetry(Actor):
 
     def _on_metrics(self, m: Message) -> None:
         b = m.body
+        # A PULL socket has no sender identity: the name is the sender's word. Only the supervisor's children
+        # (its published tree, from the one table of child specs), each from the process the supervisor
+        # started for it, get a row: a peer inventing names cannot grow `sources` (nor the exporter's resource
+        # per actor), nor overwrite a real actor's numbers.
+        known = self.tree.get("actors", {}).get(m.src)
+        if known is None or known.get("pid") is None or b.get("pid") != known["pid"]:
+            self.count("unknown_source_reports_total")
+            return
         if not (all(isinstance(v, (int, float)) for d in (b["counters"], b["gauges"]) for v in d.values())
                 and isinstance(b.get("hists", {}), dict) and isinstance(b.get("spans", []), list)):
             self.count("bad_reports_total")

@@ -23,7 +23,9 @@ FRESH_S = 5.0  # an actor reports every second; three missed reports in a row an
 
 DOCS = {
     "llm_time_to_first_token_seconds": "Time from request arrival at the front to the first generated token.",
-    "llm_inter_token_latency_seconds": "Time between two generated tokens of one request (per token of a batch).",
+    "llm_inter_token_latency_seconds": "Time between two generated tokens of one request choice, one observation "
+                                       "per token after the first: k tokens the front got together dt after the "
+                                       "previous ones count as k gaps of dt/k (0 for those that came with the first).",
     "llm_e2e_request_latency_seconds": "Time from request arrival to its last token, per choice.",
     "llm_request_queue_time_seconds": "Time a request waited on its rank before its first engine step.",
     "llm_request_prefill_time_seconds": "Time from a request's first engine step to its first token.",
@@ -45,7 +47,8 @@ DOCS = {
     "llm_gpu_memory_total_bytes": "Total memory of each GPU a rank uses.",
     "actor_up": "1 when the actor is ready and reporting from its current process, else 0.",
     "actor_restarts_total": "Restarts of the actor by the supervisor.",
-    "actor_heartbeat_age_seconds": "Seconds since the actor's last report to telemetry.",
+    "actor_heartbeat_age_seconds": "Seconds since the supervisor last got the actor's pong (its heartbeat answer); "
+                                   "absent while the actor has no process.",
     "actor_resident_memory_bytes": "Resident host memory of the actor's process.",
     "ipc_messages_sent_total": "Messages sent on the actor's sockets, per endpoint.",
     "ipc_messages_received_total": "Messages received on the actor's sockets, per endpoint.",
@@ -157,8 +160,8 @@ def families(tree: dict[str, Any], sources: dict[str, dict[str, Any]] | None, co
         up = a.get("state") == "ready" and (fresh or sources is None)
         f.add("actor_up", "gauge", {"actor": actor}, 1.0 if up else 0.0)
         f.add("actor_restarts", "counter", {"actor": actor}, float(a.get("restarts") or 0), "_total")
-        if src is not None:
-            f.add("actor_heartbeat_age_seconds", "gauge", {"actor": actor}, max(0.0, now - src["ts"]))
+        if isinstance(a.get("heartbeat_at"), (int, float)):
+            f.add("actor_heartbeat_age_seconds", "gauge", {"actor": actor}, max(0.0, now - a["heartbeat_at"]))
         if up and fresh:
             _add_source(f, actor, src)
         if up:

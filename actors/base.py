@@ -8,6 +8,7 @@ module does the rest, the same way for all of them:
 - heartbeats both ways: answers every `ping` with a `pong` carrying its load, and exits when no ping came
   for `--sup-timeout` seconds (a hung or gone supervisor);
 - answers `state_req` for the debug bundle; SIGTERM is a graceful stop (`drain` first);
+- answers `config_update` (a reload's new config) with what `apply_config` changed live;
 - keeps the latest tree state the supervisor publishes;
 - pushes cumulative counters, gauges, histograms, per-socket message counts and its finished trace spans to
   telemetry every second (dropped, never blocking, if telemetry is down).
@@ -33,6 +34,14 @@ from ..ipc import instruments, jsonlog, messages, sockets, tracing
 
 log = logging.getLogger("actor")
 PR_SET_PDEATHSIG = 1
+
+
+class CommandRefused(ValueError):
+    """The supervisor refused a control command; `code` is "busy" while another one runs (ipc/messages.py)."""
+
+    def __init__(self, message: str, code: Any) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class Actor:
@@ -82,6 +91,11 @@ class Actor:
     def on_tree(self, tree: dict[str, Any]) -> None:
         """Called on every tree-state publication from the supervisor."""
 
+    async def apply_config(self, cfg: dict[str, Any]) -> list[str]:
+        """A reload's new effective config: apply what can change without a restart and return those dotted
+        keys. By default nothing: the actor reads its config once, and its next start reads the new file."""
+        return []
+
     async def drain(self) -> None:
         """Graceful stop: finish in-flight work (bounded by the supervisor's shutdown timeout)."""
 
@@ -120,7 +134,7 @@ class Actor:
         finally:
             self._ctl_pending.pop(m.id, None)
         if not rep["ok"]:
-            raise ValueError(rep["error"])
+            raise CommandRefused(rep["error"], rep.get("code"))
         return rep["result"]
 
     # ---- the runtime -------------------------------------------------------------------------------------
@@ -143,7 +157,7 @@ class Actor:
             asyncio.ensure_future(c)
             for c in [
                 self.serve(self.sup, "sup", {"ping": self._on_ping, "state_req": self._on_state_req,
-                                             "ctl_rep": self._on_ctl_rep}),
+                                             "ctl_rep": self._on_ctl_rep, "config_update": self._on_config}),
                 self.serve(self.sub, "pub", {"tree": self._on_tree}),
                 self._watchdog(), self._metrics_loop(), *self.tasks(),
             ]
@@ -209,6 +223,18 @@ class Actor:
         fut = self._ctl_pending.pop(m.id, None)
         if fut is not None and not fut.done():
             fut.set_result(m.body)
+
+    def _on_config(self, m: messages.Message) -> None:
+        asyncio.ensure_future(self._apply_config(m))
+
+    async def _apply_config(self, m: messages.Message) -> None:
+        try:
+            applied, error = await self.apply_config(m.body["config"]), None
+        except Exception as exc:  # noqa: BLE001 - the supervisor reports it; this actor keeps its old config
+            log.exception("config update failed", extra={"event": "config_update_failed"})
+            applied, error = [], f"{type(exc).__name__}: {exc}"
+        sockets.send_nowait(self.sup, messages.make("config_applied", self.name, id=m.id, applied=applied,
+                                                    error=error))
 
     def _on_tree(self, m: messages.Message) -> None:
         self.tree = m.body

@@ -65,6 +65,27 @@ class Cache(Actor):
     async def cleanup(self) -> None:
         self.db.close()
 
+    async def apply_config(self, cfg: dict[str, Any]) -> list[str]:
+        """A reload's config: new bounds apply at once (evicting down to them); a new checkpoint drops the
+        cached answers (keys carry the model identity, so none could be served again: they only take room)."""
+        applied = []
+        if cfg["model_path"] != self.cfg["model_path"]:
+            self.entries.clear()
+            self.bytes = 0
+            applied.append("model_path")
+        for key, new in (("max_entries", int(cfg["cache"]["max_entries"])), ("max_bytes", int(cfg["cache"]["max_bytes"]))):
+            if getattr(self, key) != new:
+                setattr(self, key, new)
+                applied.append(f"cache.{key}")
+        self._evict()
+        for key, new in (("max_bytes", int(cfg["store"]["max_bytes"])), ("ttl_s", float(cfg["store"]["ttl_s"]))):
+            if getattr(self.db, key) != new:
+                setattr(self.db, key, new)
+                applied.append(f"store.{key}")
+        self.count("store_evictions_total", self.db.trim())
+        self.cfg = cfg
+        return applied
+
     # ---- response cache ----------------------------------------------------------------------------------
     def _get(self, ident: bytes, m: Message) -> None:
         key = m.body["key"]
@@ -84,10 +105,13 @@ class Cache(Actor):
             self.bytes -= self.entries.pop(key)[1]
         self.entries[key] = (value, size)
         self.bytes += size
+        self._evict()
+        self.count("puts_total")
+
+    def _evict(self) -> None:
         while len(self.entries) > self.max_entries or self.bytes > self.max_bytes:
             self.bytes -= self.entries.popitem(last=False)[1][1]
             self.count("evictions_total")
-        self.count("puts_total")
 
     # ---- response store ----------------------------------------------------------------------------------
     def _reply(self, ident: bytes, m: Message, found: bool, response: dict[str, Any] | None = None,

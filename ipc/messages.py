@@ -41,9 +41,14 @@ SCHEMAS: dict[str, dict[str, tuple[type, ...]]] = {
     "pong": {"seq": _INT, "load": _MAP},
     "state_req": {},
     "state": {"state": _MAP},
-    # control clients (gptoss-ctl, front's /admin) -> supervisor
+    # control clients (gptoss-ctl, front's /admin) -> supervisor; a refused ctl_rep may carry `code` (str):
+    # "busy" when another control operation is running (one at a time), "invalid" for a bad command
     "ctl": {"op": _STR, "args": _MAP},
     "ctl_rep": {"ok": _BOOL, "result": _MAP, "error": _OPT_STR},
+    # supervisor -> actor after a config reload rolled the ranks: the new effective config; the actor applies
+    # what it can change live and answers with the dotted keys it applied (or why it could not)
+    "config_update": {"config": _MAP},
+    "config_applied": {"applied": _LIST, "error": _OPT_STR},
     # supervisor PUB -> everyone: the whole tree's state, on every change and every heartbeat
     "tree": {"actors": _MAP, "stopping": _BOOL},
     # front -> router -> rank. params keys (all optional; the rank re-checks them): max_tokens, temperature,
@@ -314,6 +319,7 @@ RANGES: dict[str, Any] = {
     "tokens": _tokens,
     "metrics": _metrics,
     "cache_put": lambda b: _json_safe(b["value"]),
+    "config_update": lambda b: _json_safe(b["config"]),
     "cache_rep": lambda b: _json_safe(b["value"]),
 }
 

@@ -52,6 +52,7 @@ class Arbiter:
         self._pending: dict[str, asyncio.Future] = {}
         self._seq = 0
         self.started = time.time()
+        self.control: tuple[str, float] | None = None  # the control operation running, since when (commands.run)
 
     def _policy(self, spec: ChildSpec) -> RestartPolicy:
         sup = self.cfg["supervisor"]
@@ -70,7 +71,7 @@ class Arbiter:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.begin_stop, f"signal {signal.Signals(sig).name}")
-        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(commands.reload_config(self)))
+        loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self._sighup()))
         tasks = [asyncio.ensure_future(t) for t in (self._recv_loop(), self._heartbeat_loop(), self._sd_watchdog())]
         self.notifier.notify(STATUS="starting actors")
         for group in self.groups:
@@ -110,20 +111,29 @@ class Arbiter:
                     c.set_state("stopped")
             self.publish()
 
-    def write_config(self) -> None:
-        """The effective config for actors to read: in the 0700 run dir, never on a command line (keys)."""
-        path = self.run_dir / "config.json"
+    def write_config(self, cfg: dict[str, Any] | None = None, name: str = "config.json") -> Path:
+        """An effective config for actors to read: in the 0700 run dir, never on a command line (keys).
+        config.json is the tree's; a reload writes the one it rolls ranks onto beside it (reload.py)."""
+        path = self.run_dir / name
         tmp = path.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
-            json.dump(self.cfg, f)
+            json.dump(self.cfg if cfg is None else cfg, f)
         os.replace(tmp, path)
+        return path
+
+    async def _sighup(self) -> None:
+        """systemctl reload: the same reload as `gptoss-ctl reload-config`; its outcome is in the log."""
+        try:
+            await commands.run(self, "reload_config", {})
+        except commands.Busy as exc:
+            log.error("config reload refused", extra={"event": "config.reload_failed", "error": str(exc)})
 
     # ---- children ----------------------------------------------------------------------------------------
     async def spawn(self, child: Child) -> None:
         sup = self.cfg["supervisor"]
         common = ["--run-dir", str(self.run_dir), "--log-dir", str(self.log_dir), "--parent-pid", str(os.getpid()),
-                  "--config", str(self.run_dir / "config.json"),
+                  "--config", str(child.config_path or self.run_dir / "config.json"),
                   "--sup-timeout", str(max(self.hb_timeout, 5 * self.hb_interval)),
                   "--drain-timeout", str(sup["drain_timeout_s"])]
         try:
@@ -218,7 +228,7 @@ class Arbiter:
             elif m.type == "pong":
                 child.last_pong = time.monotonic()
                 child.load = m.body["load"]
-            elif m.type == "state":
+            elif m.type in ("state", "config_applied"):
                 fut = self._pending.pop(m.id, None)
                 if fut is not None and not fut.done():
                     fut.set_result(m.body)
@@ -235,7 +245,8 @@ class Arbiter:
             result = await commands.run(self, m.body["op"], m.body["args"])
             rep = messages.make("ctl_rep", "supervisor", id=m.id, ok=True, result=result, error=None)
         except Exception as exc:
-            rep = messages.make("ctl_rep", "supervisor", id=m.id, ok=False, result={}, error=str(exc))
+            code = "busy" if isinstance(exc, commands.Busy) else "invalid"
+            rep = messages.make("ctl_rep", "supervisor", id=m.id, ok=False, result={}, error=str(exc), code=code)
         sockets.send_nowait(self.sock, rep, to=ident)
 
     async def ask(self, child: Child, mtype: str, timeout: float, **body: Any) -> dict[str, Any]:

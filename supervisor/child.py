@@ -7,6 +7,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .restart import RestartPolicy
@@ -35,6 +36,8 @@ class Child:
     settled: asyncio.Event = field(default_factory=asyncio.Event)
     # an operator asked for this exit (restart/reload): come back at once, outside the restart intensity
     restart_now: bool = False
+    # the config file its next start reads, while a reload rolls it (reload.py); None: the tree's config.json
+    config_path: Path | None = None
 
     @property
     def name(self) -> str:

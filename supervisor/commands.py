@@ -1,8 +1,9 @@
 """Control commands the supervisor answers (from gptoss-ctl, the front's /admin routes, or SIGHUP).
 
 Each command is one small coroutine taking the arbiter and the command's arguments, registered in
-COMMANDS; `run` dispatches. Anything slow is bounded: a rank that does not drain in time is restarted
-anyway, a child that does not come back in time is reported, never waited on forever.
+COMMANDS; `run` dispatches, and runs the ones that change the tree one at a time (CHANGING). Anything slow
+is bounded: a rank that does not drain in time is restarted anyway, a child that does not come back in time
+is reported, never waited on forever. The config reload is reload.py.
 """
 from __future__ import annotations
 
@@ -13,8 +14,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
-from ..models.loader import resolve_model
-from . import config as config_mod
+from .reload import reload_config, restart_child, roll
 
 if TYPE_CHECKING:
     from .arbiter import Arbiter
@@ -36,7 +36,7 @@ def _child(arb: "Arbiter", args: dict[str, Any], kinds: tuple[str, ...] | None =
 
 async def status(arb: "Arbiter", args: dict[str, Any]) -> dict[str, Any]:
     return {"stopping": arb.stopping, "uptime_s": round(time.time() - arb.started, 3),
-            "run_dir": str(arb.run_dir),
+            "run_dir": str(arb.run_dir), "control": arb.control[0] if arb.control else None,
             "http": {"host": arb.cfg["http"]["host"], "port": arb.cfg["http"]["port"]},
             "actors": arb.tree()}
 
@@ -57,47 +57,19 @@ async def undrain(arb: "Arbiter", args: dict[str, Any]) -> dict[str, Any]:
     return {"actor": child.name, "drained": False}
 
 
-async def _restart(arb: "Arbiter", child: "Child", timeout: float) -> bool:
-    """Stop the child gracefully and bring it back at once; True when the new process is ready in time."""
-    old = child.proc
-    if old is None:  # failed or stopped: start it afresh
-        await arb.spawn(child)
-    else:
-        child.restart_now = True
-        await child.stop()
-
-    async def back() -> None:
-        while child.proc is old or child.state != "ready":
-            await asyncio.sleep(0.05)
-
-    try:
-        await asyncio.wait_for(back(), timeout)
-        return True
-    except asyncio.TimeoutError:
-        return False
-
-
 async def reload(arb: "Arbiter", args: dict[str, Any]) -> dict[str, Any]:
-    """Roll one rank: drain it, let its in-flight requests finish (bounded), restart it, undrain it."""
+    """Roll one rank on the config it has: drain it, let its requests finish (bounded), restart, undrain."""
     child = _child(arb, args, ("rank",))
-    was_drained = child.drained
-    child.drained = True
-    arb.publish()
-    deadline = time.monotonic() + float(arb.cfg["supervisor"]["drain_timeout_s"])
-    while child.load.get("running", 0) + child.load.get("waiting", 0) > 0 and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
-    ok = await _restart(arb, child, child.spec.start_timeout_s)
-    child.drained = was_drained
-    arb.publish()
-    log.info("rank reloaded", extra={"event": "reload", "actor": child.name, "ok": ok})
-    return {"actor": child.name, "ready": ok}
+    outcome = await roll(arb, child)
+    log.info("rank reloaded", extra={"event": "reload", "actor": child.name, "result": outcome})
+    return {"actor": child.name, "ready": outcome == "ready", "result": outcome}
 
 
 async def restart(arb: "Arbiter", args: dict[str, Any]) -> dict[str, Any]:
     child = _child(arb, args)
-    ok = await _restart(arb, child, child.spec.start_timeout_s)
-    log.info("actor restarted by operator", extra={"event": "restart", "actor": child.name, "ok": ok})
-    return {"actor": child.name, "ready": ok}
+    outcome = await restart_child(arb, child, child.spec.start_timeout_s)
+    log.info("actor restarted by operator", extra={"event": "restart", "actor": child.name, "result": outcome})
+    return {"actor": child.name, "ready": outcome == "ready", "result": outcome}
 
 
 async def bundle(arb: "Arbiter", args: dict[str, Any]) -> dict[str, Any]:
@@ -123,27 +95,6 @@ def _log_tail(path: Path, lines: int = 50, max_bytes: int = 64 << 10) -> list[st
     return (tail[1:] if start else tail)[-lines:]  # a read from mid-file starts with a partial line
 
 
-async def reload_config(arb: "Arbiter", args: dict[str, Any] | None = None) -> dict[str, Any]:
-    """SIGHUP / ExecReload: re-read the config file, then roll the ranks one at a time (no downtime)."""
-    arb.notifier.notify(RELOADING=1, MONOTONIC_USEC=time.monotonic_ns() // 1000, STATUS="reloading")
-    if arb.config_path is not None:
-        try:
-            fresh = config_mod.load(arb.config_path, arb.overrides)
-            fresh["http"]["port"] = arb.cfg["http"]["port"]  # the front keeps its socket
-            fresh["model_path"] = str(resolve_model(fresh["model"]))
-        except Exception as exc:
-            log.error("config reload failed; keeping the old one", extra={"event": "reload_failed", "error": str(exc)})
-            arb.notifier.notify(READY=1, STATUS=f"reload failed: {exc}")
-            return {"ok": False, "error": str(exc)}
-        arb.cfg = fresh
-        arb.write_config()
-    results = []
-    for child in [c for c in arb.children.values() if c.spec.kind == "rank"]:
-        results.append(await reload(arb, {"name": child.name}))
-    arb.notifier.notify(READY=1, STATUS=arb.status_line())
-    return {"ok": True, "ranks": results}
-
-
 def _redacted(cfg: dict[str, Any]) -> dict[str, Any]:
     auth = {k: ("***" if v else None) for k, v in cfg.get("auth", {}).items()}
     return cfg | {"auth": auth}
@@ -158,10 +109,28 @@ COMMANDS: dict[str, Callable[["Arbiter", dict[str, Any]], Awaitable[dict[str, An
     "bundle": bundle,
     "reload_config": reload_config,
 }
+# Commands that change the tree: one at a time. A second one while one runs is refused at once (Busy), not
+# queued: a drain or restart behind a reload that waits on a loading model would answer many minutes late,
+# and the operator (or systemd, for SIGHUP) can retry once the first is done. Reading commands always run.
+CHANGING = frozenset({"drain", "undrain", "reload", "restart", "reload_config"})
+
+
+class Busy(RuntimeError):
+    """Another control operation is running."""
 
 
 async def run(arb: "Arbiter", op: str, args: dict[str, Any]) -> dict[str, Any]:
     fn = COMMANDS.get(op)
     if fn is None:
         raise ValueError(f"unknown command {op!r}; known: {sorted(COMMANDS)}")
-    return await fn(arb, args)
+    if op not in CHANGING:
+        return await fn(arb, args)
+    if arb.control is not None:
+        running, since = arb.control
+        raise Busy(f"refused: {running} is running (for {time.monotonic() - since:.0f}s); one control operation "
+                   f"at a time, retry when it has finished")
+    arb.control = (op if not args.get("name") else f"{op} {args['name']}", time.monotonic())
+    try:
+        return await fn(arb, args)
+    finally:
+        arb.control = None

@@ -3,7 +3,9 @@
 The result also carries `slo`, the active profile's SLO thresholds for the served model (slo_for).
 
 One plain nested dict is passed around (and to each actor as JSON) so every key in
-configs/server_config.yaml is the one source of truth for names and defaults.
+configs/server_config.yaml is the one source of truth for names and defaults: `check` refuses what the
+operator's file or flags give that the defaults do not name, or of another type than the default's, or a
+negative number, so a typo fails at start-up (exit 2) or is refused by a reload before anything changes.
 """
 from __future__ import annotations
 
@@ -38,9 +40,7 @@ def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None
         user = yaml.safe_load(Path(path).read_text()) or {}
         if not isinstance(user, dict):
             raise ValueError(f"{path}: top level must be a mapping")
-        unknown = set(user) - set(cfg)
-        if unknown:
-            raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
+        check(user, cfg, str(path))
     overrides = overrides or {}
     profile = overrides.get("profile", user.get("profile", cfg["profile"]))
     if profile not in cfg["profiles"]:
@@ -48,6 +48,7 @@ def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None
     # defaults < profile < the operator's file < flags: what an operator writes always wins over a profile
     cfg = _merge(cfg, cfg["profiles"][profile])
     cfg = _merge(cfg, user)
+    check(overrides, cfg, "flags")
     cfg = _merge(cfg, overrides)
     cfg["slo"] = slo_for(cfg)
     cfg["auth"]["api_key"] = cfg["auth"]["api_key"] or os.environ.get("GPTOSS_API_KEY") or None
@@ -58,3 +59,66 @@ def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None
 def slo_for(cfg: dict[str, Any]) -> dict[str, float]:
     """The active profile's SLO thresholds for the served model: 120b's for a 120b checkpoint, else 20b's."""
     return cfg["slo_by_model"]["120b" if "120b" in str(cfg["model"]).lower() else "20b"]
+
+
+# sections whose keys are names the operator chooses (actor names, profile names, model sizes)
+OPEN_SECTIONS = {"logging.levels", "profiles", "slo_by_model"}
+
+
+def check(given: dict[str, Any], defaults: dict[str, Any], where: str, prefix: str = "") -> None:
+    """Raise ValueError naming the first key of `given` that `defaults` lacks, or whose value is of another
+    kind than the default's (a number for a number, text for text, a map for a map; a null default takes
+    text or a number) or a negative number (no count, size or timeout here may be negative)."""
+    for key, value in given.items():
+        name = f"{prefix}{key}"
+        if key not in defaults:
+            if prefix.rstrip(".") in OPEN_SECTIONS:
+                continue
+            raise ValueError(f"{where}: unknown key {name!r}")
+        default = defaults[key]
+        if isinstance(default, dict):
+            if not isinstance(value, dict):
+                raise ValueError(f"{where}: {name} must be a mapping, not {value!r}")
+            if name not in OPEN_SECTIONS:
+                check(value, default, where, name + ".")
+            continue
+        if value is None and default is None:
+            continue
+        if not _same_kind(value, default):
+            raise ValueError(f"{where}: {name} must be {_kind(default)}, not {value!r}")
+        if _is_number(value) and value < 0:
+            raise ValueError(f"{where}: {name} must not be negative, not {value!r}")
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _same_kind(value: Any, default: Any) -> bool:
+    if isinstance(default, bool):
+        return isinstance(value, bool)
+    if _is_number(default):
+        return _is_number(value)
+    if default is None:
+        return isinstance(value, str) or _is_number(value)
+    return isinstance(value, type(default))
+
+
+def _kind(default: Any) -> str:
+    if isinstance(default, bool):
+        return "true or false"
+    if _is_number(default):
+        return "a number"
+    return "text or a number" if default is None else f"a {type(default).__name__}"
+
+
+def changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two effective configs (a reload's report)."""
+    out: list[str] = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += changes(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}")
+    return out

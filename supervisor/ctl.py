@@ -13,7 +13,8 @@ import zmq
 
 from ..ipc import endpoints, messages
 
-TIMEOUT_S = {"reload": 1900.0, "restart": 1900.0}  # these wait for a rank to load its model again
+# these wait for a rank to load its model again (reload-config: each rank in turn, and back on a rollback)
+TIMEOUT_S = {"reload": 1900.0, "restart": 1900.0, "reload-config": 7200.0}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -26,6 +27,8 @@ def main(argv: list[str] | None = None) -> None:
     for op in ("drain", "undrain", "reload"):
         sub.add_parser(op).add_argument("name", help="rank number or name (0 or rank-0)")
     sub.add_parser("restart").add_argument("name", help="actor name (front, router, rank-0, ...)")
+    sub.add_parser("reload-config", help="re-read the config file and roll the ranks onto it (as SIGHUP does); "
+                                         "prints each step; exit 1 when refused or rolled back")
     args = p.parse_args(argv)
     run_dir = args.run_dir or endpoints.default_run_dir()
     if not endpoints.path(run_dir, "sup").exists():
@@ -38,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.IDENTITY, f"ctl-{uuid.uuid4().hex[:8]}".encode())
     sock.connect(endpoints.endpoint(run_dir, "sup"))
-    req = messages.make("ctl", "gptoss-ctl", op=args.op, args=body)
+    req = messages.make("ctl", "gptoss-ctl", op=args.op.replace("-", "_"), args=body)
     sock.send(messages.encode(req))
     try:
         while True:
@@ -50,8 +53,9 @@ def main(argv: list[str] | None = None) -> None:
                 break
     finally:
         ctx.destroy(linger=0)
+    ok = rep.body["ok"] and rep.body["result"].get("ok", True)
     print(json.dumps(rep.body["result"] if rep.body["ok"] else {"error": rep.body["error"]}, indent=2))
-    sys.exit(0 if rep.body["ok"] else 1)
+    sys.exit(0 if ok else 1)
 
 
 if __name__ == "__main__":

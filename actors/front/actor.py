@@ -28,6 +28,11 @@ from .streams import Streams
 
 log = logging.getLogger("front")
 CACHE_TIMEOUT_S = 0.05  # a cache that cannot answer this fast is a miss, never a stall
+# What the front reads (dotted keys or their sections), so what a reload changes here; FIXED is bound at
+# start-up (the socket, aiohttp's body limit) and left to the next restart of the front.
+LIVE = ("auth.", "http.", "model", "model_path", "profile", "reasoning_effort", "slo.", "engine.max_model_len",
+        "engine.default_max_tokens", "memory.session_max_concurrent")
+FIXED = ("http.host", "http.port", "http.max_body_bytes")
 T = TypeVar("T")
 
 
@@ -88,6 +93,27 @@ class Front(Actor):
 
     def on_tree(self, tree: dict[str, Any]) -> None:
         self.streams.on_tree(tree.get("actors", {}))
+
+    async def apply_config(self, cfg: dict[str, Any]) -> list[str]:
+        """A reload's config: everything read per request is live once self.cfg is replaced (keys, limits,
+        engine bounds, default reasoning effort); what was built at start-up is updated here (timeouts,
+        session limit, the served model's name and tokenizer). The HTTP socket and body limit stay."""
+        from ...models.loader import load_tokenizer
+        from ...supervisor.config import changes
+
+        if cfg["model_path"] != self.cfg["model_path"]:
+            self.tokenizer = await asyncio.to_thread(load_tokenizer, Path(cfg["model_path"]))
+        applied = [k for k in changes(self.cfg, cfg)
+                   if k not in FIXED and any(k == p or (p.endswith(".") and k.startswith(p)) for p in LIVE)]
+        http = cfg["http"]
+        self.streams.request_timeout_s = float(http["request_timeout_s"])
+        self.streams.idle_timeout_s = float(http["token_idle_timeout_s"])
+        self.streams.redispatch_timeout_s = float(http["redispatch_timeout_s"])
+        self.sessions.max_concurrent = int(cfg["memory"]["session_max_concurrent"])
+        self.model_id = served_name(cfg["model"])
+        self.cfg = cfg
+        log.info("config applied", extra={"event": "config.applied", "keys": applied})
+        return applied
 
     def accepting(self) -> bool:
         return not (self.draining or self.tree.get("stopping"))

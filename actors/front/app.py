@@ -2,6 +2,7 @@
 
 Auth: with an API key set, /v1/* needs `Authorization: Bearer <key>` (constant-time compare). /admin/* needs
 the admin key and is refused outright when none is configured (the control socket is the way in then).
+Both keys are read from the front's config on every request, so a config reload changes them live.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from ..base import CommandRefused
 from .chat import chat_completions
 from .completions import completions
 from . import observe
@@ -35,7 +37,6 @@ def _key_ok(request: web.Request, key: str) -> bool:
 
 
 def make_app(front: "Front") -> web.Application:
-    auth = front.cfg["auth"]
     max_body = int(front.cfg["http"]["max_body_bytes"])
 
     @web.middleware
@@ -59,7 +60,7 @@ def make_app(front: "Front") -> web.Application:
 
     @web.middleware
     async def guard(request: web.Request, handler):
-        path = request.path
+        path, auth = request.path, front.cfg["auth"]
         if path.startswith("/admin"):
             if not auth["admin_key"]:
                 raise APIError(403, "admin routes are disabled: no admin key is configured", "admin_disabled")
@@ -99,7 +100,9 @@ def make_app(front: "Front") -> web.Application:
             result = await front.supervisor_command(op, args, ADMIN_TIMEOUT_S.get(op, 30.0))
         except TimeoutError:
             raise APIError(504, f"supervisor did not answer {op!r} in time", "timeout") from None
-        except ValueError as exc:
+        except CommandRefused as exc:
+            if exc.code == "busy":  # another control operation is running: retry once it has finished
+                raise APIError(409, str(exc), "busy") from None
             raise APIError(400, str(exc), "invalid_command") from None
         return web.json_response(result)
 

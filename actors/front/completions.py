@@ -57,6 +57,11 @@ async def completions(request: web.Request) -> web.StreamResponse:
         raise APIError(503, "server is shutting down", "shutting_down")
     body = await front.offload(parse_body, front, await request.read(), COMPLETIONS)
     s = sampling(body, body.get("logprobs"), body.get("max_tokens", DEFAULT_MAX_TOKENS))
+    limit = int(front.cfg["http"]["max_completion_choices"])
+    if len(body["prompt"]) * s.n > limit:  # each choice is a generation of its own on a rank
+        raise invalid("n", f"={s.n} with {len(body['prompt'])} prompts asks for {len(body['prompt']) * s.n} "
+                           f"generations (prompts x n); this server allows at most {limit} per request "
+                           f"(http.max_completion_choices)")
     with observe.span("tokenize"):
         prompts = await front.offload(_prompts, front, body["prompt"])
     echo = body.get("echo", False)

@@ -49,6 +49,12 @@ def current(tree: Tree) -> dict[str, Any]:
     return yaml.safe_load(tree.config_path.read_text())
 
 
+def served_key(tree: Tree) -> str:
+    """The API key the tree serves with: the one in its config file (tests restore the file after a
+    failed reload, so the file and the tree agree between tests)."""
+    return current(tree)["auth"]["api_key"]
+
+
 def ask(tree: Tree, key: str, **body: Any) -> httpx.Response:
     body = {"model": M, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, **body}
     return tree.post("/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"})
@@ -153,7 +159,7 @@ def test_control_operations_run_one_at_a_time(tree):
         http = tree.post("/admin/ranks/1/drain", headers={"Authorization": f"Bearer {ADMIN}"})
         assert http.status_code == 409 and http.json()["error"]["code"] == "busy"
         assert not tree.actors()["rank-1"]["drained"]  # the refused drain changed nothing
-        assert ask(tree, "key-two").status_code == 200  # serving through the roll
+        assert ask(tree, served_key(tree)).status_code == 200  # serving through the roll
     finally:
         out, _ = slow.communicate(timeout=240)
     assert slow.returncode == 0 and json.loads(out)["ok"] is True
@@ -165,9 +171,9 @@ def test_a_rank_that_cannot_start_on_the_new_config_is_rolled_back(tree, tmp_pat
     broken = tmp_path / "broken-tiny"
     shutil.copytree(ensure_tiny(), broken)
     (broken / "model.safetensors").write_bytes(b"not a safetensors file")  # resolves; fails in the rank
-    before = pids(tree)
+    before, key = pids(tree), served_key(tree)
     write(tree, {**current(tree), "model": str(broken)})
-    load = Load(tree, "key-two")
+    load = Load(tree, key)
     load.start()
     try:
         code, rep = ctl(tree, "reload-config")
@@ -179,8 +185,9 @@ def test_a_rank_that_cannot_start_on_the_new_config_is_rolled_back(tree, tmp_pat
     assert len(steps) == 3  # it stopped at the first rank: rank-1 was never touched
     assert pids(tree)["rank-1"] == before["rank-1"] and pids(tree)["front"] == before["front"]
     assert codes and set(codes) == {200}, codes  # rank-1 served every request meanwhile
-    assert tree.get("/v1/models").json()["data"][0]["id"] == M  # the old model identity stands
-    assert ask(tree, "key-two").status_code == 200 and tree.health()[0] == 200
+    models = tree.get("/v1/models", headers={"Authorization": "Bearer " + served_key(tree)}).json()
+    assert models["data"][0]["id"] == M  # the old model identity stands
+    assert ask(tree, served_key(tree)).status_code == 200 and tree.health()[0] == 200
     assert events(tree, "supervisor", "config.reload_failed")
     write(tree, {**current(tree), "model": "tiny"})
 
@@ -194,7 +201,7 @@ def owner(tree: Tree) -> str:
 def test_a_draining_rank_gets_no_new_requests(tree):
     """A rank that drains on its own (SIGTERM to it alone: the supervisor still shows it ready until it exits)
     reports draining in its load, and the router routes around it."""
-    client = tree.client(api_key="key-two")
+    client = tree.client(api_key=served_key(tree))
     stream = client.chat.completions.create(model=M, messages=[{"role": "user", "content": "long"}], stream=True,
                                             max_tokens=120, extra_body={"ignore_eos": True})
     first = next(iter(stream))
@@ -208,16 +215,16 @@ def test_a_draining_rank_gets_no_new_requests(tree):
     wait_for(lambda: bundle(tree)["router"]["rank_reports"][busy]["draining"], 20, "the router to see it draining")
     start = routed()
     for i in range(6):
-        assert ask(tree, "key-two", messages=[{"role": "user", "content": f"while draining {i}"}]).status_code == 200
+        assert ask(tree, served_key(tree), messages=[{"role": "user", "content": f"while draining {i}"}]).status_code == 200
     end = routed()
     assert end[busy] == start[busy] and end[other] == start[other] + 6, (start, end)
-    text = [c.choices[0].finish_reason for c in stream if c.choices]
-    assert text[-1] == "length"  # the draining rank finished what it held
+    finishes = [c.choices[0].finish_reason for c in stream if c.choices]
+    assert finishes[-1] in ("stop", "length")  # the draining rank finished what it held (no error event)
     tree.wait_health(200, timeout=120, pred=lambda b: b["actors"][busy]["pid"] != old and tree.all_ready(b))
 
 
 def test_ranks_free_a_killed_fronts_requests(tree):
-    client = tree.client(api_key="key-two", timeout=120)
+    client = tree.client(api_key=served_key(tree), timeout=120)
     streams = [client.chat.completions.create(model=M, messages=[{"role": "user", "content": f"long {i}"}],
                                               stream=True, max_tokens=3000, extra_body={"ignore_eos": True})
                for i in range(2)]
@@ -236,4 +243,4 @@ def test_ranks_free_a_killed_fronts_requests(tree):
                    for s in now.values())
     wait_for(freed, 30, "the ranks to abort the dead front's requests and free their KV blocks")
     assert any(events(tree, n, "front_gone") for n in held)  # freed by the rank's abort, not by finishing
-    assert ask(tree, "key-two").status_code == 200
+    assert ask(tree, served_key(tree)).status_code == 200

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 
 import pytest
 import yaml
@@ -147,6 +148,34 @@ def test_empty_user_file_means_defaults(clean_env, tmp_path):
 def test_unknown_top_level_key_is_rejected(clean_env, tmp_path):
     with pytest.raises(ValueError, match="bogus"):
         config.load(_write(tmp_path, {"http": {"port": 1}, "bogus": 1}))
+
+
+@pytest.mark.parametrize("given, named", [
+    ({"http": {"prot": 1}}, "unknown key 'http.prot'"),
+    ({"http": {"request_timeout_s": "soon"}}, "http.request_timeout_s must be a number"),
+    ({"engine": {"max_running": -1}}, "engine.max_running must not be negative"),
+    ({"engine": {"prefix_caching": 1}}, "engine.prefix_caching must be true or false"),
+    ({"engine": 3}, "engine must be a mapping"),
+    ({"auth": {"api_key": ["k"]}}, "auth.api_key must be text or a number"),
+])
+def test_a_bad_nested_key_or_value_is_named(clean_env, tmp_path, given, named):
+    with pytest.raises(ValueError, match=re.escape(named)):
+        config.load(_write(tmp_path, given))
+
+
+def test_open_sections_take_any_name_and_flags_are_checked_too(clean_env, tmp_path):
+    cfg = config.load(_write(tmp_path, {"logging": {"levels": {"rank-1": "debug"}}, "auth": {"api_key": "k"},
+                                        "http": {"token_idle_timeout_s": 2.5}}))
+    assert cfg["logging"]["levels"] == {"rank-1": "debug"} and cfg["http"]["token_idle_timeout_s"] == 2.5
+    with pytest.raises(ValueError, match="flags: gpu.ranks must be a number"):
+        config.load(overrides={"gpu": {"ranks": "two"}})
+
+
+def test_changes_lists_the_dotted_keys_that_differ(clean_env):
+    old = config.load()
+    new = config.load(overrides={"auth": {"api_key": "k"}, "http": {"request_timeout_s": 5}})
+    assert config.changes(old, new) == ["auth.api_key", "http.request_timeout_s"]
+    assert config.changes(old, old) == []
 
 
 def test_non_mapping_file_is_rejected(clean_env, tmp_path):

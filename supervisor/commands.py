@@ -62,14 +62,14 @@ async def reload(arb: "Arbiter", args: dict[str, Any]) -> dict[str, Any]:
     child = _child(arb, args, ("rank",))
     outcome = await roll(arb, child)
     log.info("rank reloaded", extra={"event": "reload", "actor": child.name, "result": outcome})
-    return {"actor": child.name, "ready": outcome == "ready", "result": outcome}
+    return {"actor": child.name, "ready": outcome == "ready"}
 
 
 async def restart(arb: "Arbiter", args: dict[str, Any]) -> dict[str, Any]:
     child = _child(arb, args)
     outcome = await restart_child(arb, child, child.spec.start_timeout_s)
     log.info("actor restarted by operator", extra={"event": "restart", "actor": child.name, "result": outcome})
-    return {"actor": child.name, "ready": outcome == "ready", "result": outcome}
+    return {"actor": child.name, "ready": outcome == "ready"}
 
 
 async def bundle(arb: "Arbiter", args: dict[str, Any]) -> dict[str, Any]:

@@ -6,7 +6,9 @@
    tree's life, so that takes a restart of the service. Any failure here leaves the old config serving.
 2. Roll the ranks one at a time onto the new config (a rank's next start reads the file its Child names):
    drain it, let its in-flight requests finish (bounded), restart it, wait until it is ready within its start
-   timeout. The first rank that exits or overstays stops the roll, and that rank and every one already rolled
+   timeout. Skipped when every changed key is one only the front and the cache read (RANKS_IGNORE: rotating
+   a key must not reload a 120b model on every GPU); a reload that changes nothing rolls them (the operator's
+   way to restart ranks on the same config, e.g. after replacing a checkpoint's files in place). The first rank that exits or overstays stops the roll, and that rank and every one already rolled
    are restarted on the old config (rollback), so a bad checkpoint costs one rank for a while, never the tree.
 3. Only once every rank serves the new config is it the tree's: written as run_dir/config.json (what any
    later start reads) and sent to the front and the cache (`config_update`), which apply what can change live
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("reload")
 APPLY_TIMEOUT_S = 30.0  # the front may load a new tokenizer
 LIVE = ("front", "cache")  # the actors that apply a new config without a restart
+RANKS_IGNORE = ("auth.", "http.", "cache.", "store.")  # sections no rank reads
 
 
 async def restart_child(arb: "Arbiter", child: "Child", timeout: float) -> str:
@@ -127,9 +130,14 @@ async def _reload(arb: "Arbiter") -> dict[str, Any]:
             steps.append({"action": "validate", "result": "refused", "error": str(exc)})
             return _failed(arb, steps, f"new config refused, nothing changed: {exc}")
     steps.append({"action": "validate", "result": "ok", "gpu": {k: fresh["gpu"][k] for k in ("mode", "ranks")}})
+    changed = config_mod.changes(arb.cfg, fresh)
     old_path, new_path = arb.run_dir / "config.json", arb.write_config(fresh, "config.next.json")
     rolled: list["Child"] = []
-    for rank in [c for c in arb.children.values() if c.spec.kind == "rank"]:
+    ranks = [c for c in arb.children.values() if c.spec.kind == "rank"]
+    if changed and all(k.startswith(RANKS_IGNORE) for k in changed):
+        steps.append({"action": "roll", "result": "skipped: no setting a rank reads changed"})
+        ranks = []
+    for rank in ranks:
         outcome = await _step(steps, "roll", arb, rank, new_path)
         if outcome == "ready":
             rolled.append(rank)
@@ -140,7 +148,6 @@ async def _reload(arb: "Arbiter") -> dict[str, Any]:
             child.config_path = None
         return _failed(arb, steps, f"{rank.name} did not become ready on the new config ({outcome}); "
                                    f"rolled back to the old config")
-    changed = config_mod.changes(arb.cfg, fresh)
     arb.cfg = fresh
     arb.write_config(fresh)
     for child in arb.children.values():

@@ -16,7 +16,7 @@ import msgpack
 import openai
 import pytest
 import zmq
-from tree import Tree, chat
+from tree import Tree, chat, wait_for
 
 from gptoss.ipc import endpoints
 from gptoss.models.loader import load_tokenizer
@@ -77,7 +77,16 @@ def test_kill_router_keeps_streams_and_recovers(tree):
     assert chat(client).choices[0].finish_reason in ("stop", "length")
 
 
-def test_kill_front_rebinds_port(tree):
+def test_kill_front_rebinds_port_and_the_rank_frees_its_requests(tree):
+    """kill -9 of the front mid-stream: it comes back on the same port, and the rank aborts the dead front's
+    request (nobody will read it again) and frees its KV blocks, seen in the rank's own state."""
+    stream = tree.client(timeout=120).chat.completions.create(
+        model="gpt-oss-tiny", messages=[{"role": "user", "content": "long"}], stream=True, max_tokens=3000,
+        extra_body={"ignore_eos": True})
+    next(iter(stream))
+    rank = lambda: tree.ctl("bundle")["actors"]["rank-0"]
+    held = rank()
+    assert held["running"] == 1 and held["kv_blocks_used"] > 0 and len(held["requests"]) == 1
     old = tree.pid("front")
     port = tree.port
     os.kill(old, signal.SIGKILL)
@@ -85,6 +94,12 @@ def test_kill_front_rebinds_port(tree):
         tree.get("/health")
     recovered(tree, "front", old)  # /health answers on the same URL again
     assert json.loads((tree.run_dir / "http.json").read_text())["port"] == port
+
+    def freed() -> bool:
+        r = rank()
+        return r["running"] == 0 and r["waiting"] == 0 and r["kv_blocks_used"] == 0 and not r["requests"]
+    wait_for(freed, 30, "rank-0 to abort the dead front's request and free its KV blocks")
+    assert [e for e in tree.log("rank-0") if e.get("event") == "front_gone"]  # aborted, not finished
     assert chat(tree.client()).choices[0].finish_reason in ("stop", "length")
 
 

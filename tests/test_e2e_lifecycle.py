@@ -1,5 +1,5 @@
 """The tree's own lifecycle, each test on a fresh tree: graceful stop, supervisor death, escalation,
-systemd notifications over a real NOTIFY_SOCKET, and SIGHUP reload."""
+and systemd notifications over a real NOTIFY_SOCKET (SIGHUP reload: tests/test_reload.py)."""
 from __future__ import annotations
 
 import os
@@ -106,22 +106,3 @@ def test_sd_notify_over_a_real_notify_socket():
         done.set()
         reader.join()
         sock.close()
-
-
-def test_sighup_rolls_ranks_without_downtime():
-    tree = Tree("--ranks", "2").start()
-    old = {n: tree.pid(n) for n in ("rank-0", "rank-1", "front", "router")}
-    tree.signal(signal.SIGHUP)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        # one rank at a time: at least one always serves
-        code, body = tree.health()
-        assert code == 200, body
-        if all(body["actors"][n]["pid"] != old[n] for n in ("rank-0", "rank-1")) and tree.all_ready(body):
-            break
-        time.sleep(0.1)
-    else:
-        raise AssertionError("ranks were not rolled")
-    assert tree.pid("front") == old["front"] and tree.pid("router") == old["router"]
-    assert chat(tree.client()).choices[0].finish_reason in ("stop", "length")
-    assert tree.stop() == 0

@@ -1,7 +1,6 @@
 """Config reload that cannot take the service down, one control operation at a time, the completions
-fan-out bound, and the paths a two-rank tree exercises: a draining rank skipped by routing, and the ranks
-freeing a killed front's requests. One tree for the module (a tree start is the slow part); the tests run
-in file order and each leaves it serving with both ranks ready."""
+fan-out bound, and a draining rank skipped by routing. One two-rank tree for the module (a tree start is the
+slow part); the tests run in file order and each leaves it serving with both ranks ready, except the last."""
 from __future__ import annotations
 
 import json
@@ -130,13 +129,11 @@ def test_a_reload_applies_keys_timeouts_and_limits_live(tree):
     code, rep = ctl(tree, "reload-config")
     assert code == 0 and rep["ok"] is True, rep
     assert {"auth.api_key", "http.token_idle_timeout_s", "http.max_completion_choices"} <= set(rep["changed"])
-    rolls = [(s["action"], s["actor"], s["result"]) for s in rep["steps"] if s["action"] == "roll"]
-    assert rolls == [("roll", "rank-0", "ready"), ("roll", "rank-1", "ready")]  # one at a time, in order
+    # only what the front and the cache read changed: no rank restarts for a key rotation
+    assert {"action": "roll", "result": "skipped: no setting a rank reads changed"} in rep["steps"]
     front = next(s for s in rep["steps"] if s["action"] == "apply" and s["actor"] == "front")
     assert front["result"] == "ok" and "auth.api_key" in front["applied"] and "http.token_idle_timeout_s" in front["applied"]
-    after = pids(tree)
-    assert after["front"] == before["front"] and after["cache"] == before["cache"]  # applied live, no restart
-    assert after["rank-0"] != before["rank-0"] and after["rank-1"] != before["rank-1"]
+    assert pids(tree) == before  # applied live: nothing restarted
     old = ask(tree, "key-one")
     assert old.status_code == 401 and old.json()["error"]["code"] == "invalid_api_key"
     assert ask(tree, "key-two").status_code == 200
@@ -148,22 +145,34 @@ def test_a_reload_applies_keys_timeouts_and_limits_live(tree):
     assert events(tree, "supervisor", "config.reloaded")
 
 
-def test_control_operations_run_one_at_a_time(tree):
-    slow = subprocess.Popen([sys.executable, "-m", "gptoss.supervisor.ctl", "--run-dir", str(tree.run_dir),
-                             "reload-config"], stdout=subprocess.PIPE, text=True)
-    try:
-        wait_for(lambda: tree.ctl("status")["control"] == "reload_config", 30, "the reload to start")
-        for op in (("drain", "1"), ("restart", "cache"), ("reload", "0"), ("reload-config",)):
-            code, rep = ctl(tree, *op)
-            assert code == 1 and "refused: reload_config is running" in rep["error"], (op, rep)
-        http = tree.post("/admin/ranks/1/drain", headers={"Authorization": f"Bearer {ADMIN}"})
-        assert http.status_code == 409 and http.json()["error"]["code"] == "busy"
-        assert not tree.actors()["rank-1"]["drained"]  # the refused drain changed nothing
-        assert ask(tree, served_key(tree)).status_code == 200  # serving through the roll
-    finally:
-        out, _ = slow.communicate(timeout=240)
-    assert slow.returncode == 0 and json.loads(out)["ok"] is True
-    assert tree.ctl("status")["control"] is None
+def test_sighup_rolls_ranks_one_at_a_time_and_refuses_other_control_meanwhile(tree):
+    """systemctl reload with the file unchanged: the ranks restart one at a time, /health never leaves 200,
+    and while the roll runs every other control operation is refused at once (not queued)."""
+    old = pids(tree)
+    tree.signal(signal.SIGHUP)
+    wait_for(lambda: tree.ctl("status")["control"] == "reload_config", 30, "the reload to start")
+    for op in (("drain", "1"), ("restart", "cache"), ("reload", "0"), ("reload-config",)):
+        code, rep = ctl(tree, *op)
+        assert code == 1 and "refused: reload_config is running" in rep["error"], (op, rep)
+    http = tree.post("/admin/ranks/1/drain", headers={"Authorization": f"Bearer {ADMIN}"})
+    assert http.status_code == 409 and http.json()["error"]["code"] == "busy"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        code, body = tree.health()
+        assert code == 200, body
+        out = [n for n in ("rank-0", "rank-1") if body["actors"][n]["drained"] or body["actors"][n]["state"] != "ready"]
+        assert len(out) <= 1, body  # one rank at a time
+        if all(body["actors"][n]["pid"] != old[n] for n in ("rank-0", "rank-1")) and tree.all_ready(body) \
+                and tree.ctl("status")["control"] is None:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("ranks were not rolled")
+    assert not tree.actors()["rank-1"]["drained"]  # the refused drain changed nothing
+    now = pids(tree)
+    assert all(now[n] == old[n] for n in ("front", "router", "cache"))
+    assert ask(tree, served_key(tree)).status_code == 200
+    assert events(tree, "supervisor", "config.reloaded")
     assert tree.ctl("drain", "1")["drained"] is True and tree.ctl("undrain", "1")["drained"] is False
 
 
@@ -220,27 +229,3 @@ def test_a_draining_rank_gets_no_new_requests(tree):
     assert end[busy] == start[busy] and end[other] == start[other] + 6, (start, end)
     finishes = [c.choices[0].finish_reason for c in stream if c.choices]
     assert finishes[-1] in ("stop", "length")  # the draining rank finished what it held (no error event)
-    tree.wait_health(200, timeout=120, pred=lambda b: b["actors"][busy]["pid"] != old and tree.all_ready(b))
-
-
-def test_ranks_free_a_killed_fronts_requests(tree):
-    client = tree.client(api_key=served_key(tree), timeout=120)
-    streams = [client.chat.completions.create(model=M, messages=[{"role": "user", "content": f"long {i}"}],
-                                              stream=True, max_tokens=3000, extra_body={"ignore_eos": True})
-               for i in range(2)]
-    for s in streams:
-        next(iter(s))
-    ranks = lambda: {n: s for n, s in bundle(tree).items() if s.get("kind") == "rank"}
-    held = ranks()
-    assert sum(s["running"] for s in held.values()) == 2 and sum(s["kv_blocks_used"] for s in held.values()) > 0
-    front = tree.pid("front")
-    os.kill(front, signal.SIGKILL)
-    tree.wait_health(200, timeout=120, pred=lambda b: b["actors"]["front"]["pid"] != front and tree.all_ready(b))
-
-    def freed() -> bool:
-        now = ranks()
-        return all(s["running"] == 0 and s["waiting"] == 0 and s["kv_blocks_used"] == 0 and not s["requests"]
-                   for s in now.values())
-    wait_for(freed, 30, "the ranks to abort the dead front's requests and free their KV blocks")
-    assert any(events(tree, n, "front_gone") for n in held)  # freed by the rank's abort, not by finishing
-    assert ask(tree, served_key(tree)).status_code == 200

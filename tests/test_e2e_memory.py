@@ -185,7 +185,9 @@ def test_no_cached_answer_of_the_old_checkpoint_after_a_reload_onto_another(tree
         return rank["pid"] != old and rank["state"] == "ready" and not rank["drained"] \
             and str(other) in rank["load"].get("model_identity", "")
     wait_for(rolled, 120, "rank-0 serving the new checkpoint")
-    assert tree.post("/v1/chat/completions", json=ask).status_code == 200
+    # the front applied the reload live: it serves the new checkpoint under its own name now
+    wait_for(lambda: tree.get("/v1/models").json()["data"][0]["id"] == str(other), 30, "the front's new model name")
+    assert tree.post("/v1/chat/completions", json={**ask, "model": str(other)}).status_code == 200
     assert rank_tokens(tree) > 0  # the new rank generated it: the old checkpoint's cached answer was not served
 
 

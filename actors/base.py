@@ -60,6 +60,7 @@ class Actor:
         self.counters: dict[str, float] = {}
         self.gauges: dict[str, float] = {}
         self.hists: dict[str, instruments.Histogram] = {}
+        self._hist_by_sig: dict[tuple[Any, ...], instruments.Histogram] = {}
         # telemetry.enabled false: no trace spans and no per-request histograms (counters and gauges stay)
         self.observing = bool(self.cfg.get("telemetry", {}).get("enabled", True))
         tracing.setup(self.observing)
@@ -111,10 +112,15 @@ class Actor:
         """`n` observations of `value` in histogram `name` (its buckets are instruments.BUCKETS[name])."""
         if not self.observing:
             return
-        k = instruments.key(name, labels) if labels else name
-        h = self.hists.get(k)
+        # the series key text is built once per label set, not per call (the front observes once per token batch)
+        sig = (name, *labels.items())
+        h = self._hist_by_sig.get(sig)
         if h is None:
-            h = self.hists[k] = instruments.Histogram(instruments.BUCKETS[name])
+            k = instruments.key(name, labels) if labels else name
+            h = self.hists.get(k)
+            if h is None:
+                h = self.hists[k] = instruments.Histogram(instruments.BUCKETS[name])
+            self._hist_by_sig[sig] = h
         h.observe(value, n)
 
     def msg(self, type: str, **body: Any) -> messages.Message:

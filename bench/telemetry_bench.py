@@ -33,6 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from otlp_receiver import Receiver  # noqa: E402 - the tests' OTLP receiver, a real gRPC TraceService
 
 
+SETTLE_S = 4.0  # a push (1 s) + the sampler's grace (2 s) + its decision tick (0.5 s), with room
+
+
 def _config(enabled: bool) -> str:
     path = Path(tempfile.mkdtemp(prefix="tb", dir="/tmp")) / "config.yaml"
     path.write_text(yaml.safe_dump({"telemetry": {"enabled": enabled, "sample_ratio": 1.0}}))
@@ -70,6 +73,9 @@ def main() -> None:
                 proc, url, _ = servers[variant]
                 before = tree_cpu_s(proc.pid)
                 r = asyncio.run(run(url, "gpt-oss-tiny", args.concurrency, args.tokens, True))
+                # the spans of this run are decided (grace) and exported after its last token: wait for that,
+                # the same in both variants, so the exporter's CPU counts where it belongs
+                time.sleep(SETTLE_S)
                 # the warm-up request inside run() is counted too: the same in both variants
                 per = {k: round((v - before.get(k, 0.0)) * 1000 / r["output_tokens"], 4)
                        for k, v in tree_cpu_s(proc.pid).items()}

@@ -9,16 +9,17 @@ the base actor sends the queue to telemetry with its metrics every second (`take
 Across processes the W3C trace context travels in the message envelope's `tc` map (`traceparent`), next to
 `rid`, the request id the front gave the HTTP request, so router and rank log lines carry both.
 
-Spans whose start and end are both known when they are written (the router's routing, the rank's queue,
-prefill and decode, the front's parse) are recorded straight into the queue with `record`, in the same form,
-without an SDK span object: the SDK costs ~10x more per span (ids, locks, a ReadableSpan copy on end), and
-with tail sampling at 100% that was most of the tree's tracing cost per request. The SDK makes the spans
-that must be a live context: the front's request span and its children.
+Spans nothing nests under (the router's routing, the rank's queue, prefill and decode, the front's render,
+cache lookup and parse) are recorded straight into the queue with `record` (or `Leaf` around a block), in
+the same form, without an SDK span object: the SDK costs ~10x more per span (ids, locks, a ReadableSpan copy
+on end), and with tail sampling at 100% that was most of the tree's tracing cost per request. The SDK makes
+the one span that must be a live context: the front's request span.
 """
 from __future__ import annotations
 
 import contextvars
 import random
+import time
 from typing import Any
 
 from opentelemetry import trace
@@ -120,6 +121,26 @@ def record(ids: Ids | None, name: str, start_ns: int, end_ns: int, attrs: dict[s
     if error is not None:
         attrs["error.type"] = error
     _queue.append([name, ids[0], ids[2], ids[1], start_ns, end_ns, 0, attrs, events or [], 2 if error else 0, error])
+
+
+class Leaf:
+    """A span around a block (`with Leaf("render", tracing.current_ids()) as span:`), recorded with `record`
+    when the block ends; an exception out of the block marks it errored (error.type: the exception's class)."""
+    __slots__ = ("ids", "name", "start", "attrs")
+
+    def __init__(self, name: str, parent: Ids | None) -> None:
+        self.ids, self.name, self.attrs, self.start = child_of(parent), name, {}, 0
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        self.attrs[key] = value
+
+    def __enter__(self) -> Leaf:
+        self.start = time.time_ns()
+        return self
+
+    def __exit__(self, typ: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        error = typ.__name__ if typ is not None and issubclass(typ, Exception) else None
+        record(self.ids, self.name, self.start, time.time_ns(), self.attrs, error=error)
 
 
 def inject(span: trace.Span | None = None) -> dict[str, Any]:

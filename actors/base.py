@@ -110,9 +110,16 @@ class Actor:
 
     def observe(self, name: str, value: float, n: int = 1, **labels: Any) -> None:
         """`n` observations of `value` in histogram `name` (its buckets are instruments.BUCKETS[name])."""
+        h = self.histogram(name, **labels)
+        if h is not None:
+            h.observe(value, n)
+
+    def histogram(self, name: str, **labels: Any) -> instruments.Histogram | None:
+        """The series `name{labels}` itself, for a hot loop to resolve once and observe into; None while
+        telemetry is off (then nothing is observed)."""
         if not self.observing:
-            return
-        # the series key text is built once per label set, not per call (the front observes once per token batch)
+            return None
+        # the series key text is built once per label set, not per call
         sig = (name, *labels.items())
         h = self._hist_by_sig.get(sig)
         if h is None:
@@ -121,7 +128,7 @@ class Actor:
             if h is None:
                 h = self.hists[k] = instruments.Histogram(instruments.BUCKETS[name])
             self._hist_by_sig[sig] = h
-        h.observe(value, n)
+        return h
 
     def msg(self, type: str, **body: Any) -> messages.Message:
         return messages.make(type, self.name, **body)

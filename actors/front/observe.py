@@ -20,7 +20,7 @@ import re
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 from opentelemetry import trace
@@ -159,36 +159,39 @@ def record_tokens(front: Front, choice: Choice, last: dict[Choice, tuple]) -> No
     as the client got them. So a choice of n tokens has n - 1 observations summing to its last token's time
     minus its first's (one bisect per batch, however many tokens it carries)."""
     now = time.perf_counter()
-    rank = getattr(choice.pending, "rank", None) or "unknown"
     prev = last.get(choice)
     if choice.tokens == (prev[1] if prev else 0):
         return  # a batch that only carries the finish
-    # a choice's `parse` span runs from its first token to its end; it carries the time the parser took
-    last[choice] = (now, choice.tokens, prev[2] if prev else (time.time_ns(), tracing.child_of(tracing.current_ids())))
     rec = current()
-    if prev is None:
-        start = rec.start if rec is not None else now
-        front.observe("llm_time_to_first_token_seconds", now - start, rank=rank)
-        if rec is not None and rec.ttft is None:
-            rec.ttft, rec.rank = now - start, rank
-            log.info("first token", extra={"event": "request.first_token", "rank": rank,
-                                           "ttft_s": round(rec.ttft, 4)})
-        if choice.tokens > 1:
-            front.observe("llm_inter_token_latency_seconds", 0.0, choice.tokens - 1, rank=rank)
-            if rec is not None:
-                rec.itl_tokens += choice.tokens - 1
+    if prev is not None:  # the per-token path: one bisect into the histogram resolved at the first token
+        last[choice] = (now, choice.tokens, prev[2])
+        n = choice.tokens - prev[1]
+        if prev[2][2] is not None:
+            prev[2][2].observe((now - prev[0]) / n, n)
+        if rec is not None:
+            rec.itl_total += now - prev[0]
+            rec.itl_tokens += n
         return
-    n = choice.tokens - prev[1]
-    front.observe("llm_inter_token_latency_seconds", (now - prev[0]) / n, n, rank=rank)
-    if rec is not None:
-        rec.itl_total += now - prev[0]
-        rec.itl_tokens += n
+    rank = getattr(choice.pending, "rank", None) or "unknown"
+    itl = front.histogram("llm_inter_token_latency_seconds", rank=rank)  # None while not observing
+    # a choice's `parse` span runs from its first token to its end; it carries the time the parser took
+    last[choice] = (now, choice.tokens, (time.time_ns(), tracing.child_of(tracing.current_ids()), itl))
+    start = rec.start if rec is not None else now
+    front.observe("llm_time_to_first_token_seconds", now - start, rank=rank)
+    if rec is not None and rec.ttft is None:
+        rec.ttft, rec.rank = now - start, rank
+        log.info("first token", extra={"event": "request.first_token", "rank": rank, "ttft_s": round(rec.ttft, 4)})
+    if choice.tokens > 1:
+        if itl is not None:
+            itl.observe(0.0, choice.tokens - 1)
+        if rec is not None:
+            rec.itl_tokens += choice.tokens - 1
 
 
-def close_parse(last: dict[Choice, tuple[float, int, tuple[int, tracing.Ids | None]]]) -> None:
+def close_parse(last: dict[Choice, tuple[float, int, tuple[int, tracing.Ids | None, Any]]]) -> None:
     """Record the choices' parse spans, however the request ended."""
     end = time.time_ns()
-    for c, (_, _, (start, ids)) in last.items():
+    for c, (_, _, (start, ids, _)) in last.items():
         tracing.record(ids, "parse", start, end, {"gptoss.parse_seconds": c.parse_s})
 
 

@@ -7,10 +7,10 @@ first, so drift on a shared machine hits both alike:
           max_body_bytes) one after another: each is parsed, rendered and tokenized (off the event loop, in the
           front's CPU pool) and then refused with 400 for exceeding the context, the costliest path a big body
           takes that generates nothing.
-Inter-token latency (ITL) is the gap between consecutive content chunks of one stream, pooled over the 8
-streams and all rounds. Prints one JSON line per variant, then a table.
+The streams are raw /v1/completions (each token is text). Inter-token latency (ITL) is the gap between
+consecutive text chunks of one stream, pooled over the 8 streams and all rounds. Prints one JSON line per variant, then a table.
 
-    python bench/bigbody_bench.py --rounds 3 --tokens 200
+    python bench/bigbody_bench.py --rounds 3 --tokens 400
 """
 from __future__ import annotations
 
@@ -32,15 +32,10 @@ BODY_BYTES = 4_000_000  # under max_body_bytes (4,194,304) with the JSON around 
 
 
 async def stream(client: openai.AsyncOpenAI, i: int, tokens: int) -> list[float]:
-    """The gaps between this stream's content chunks."""
-    s = await client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": f"stream {i}"}], max_tokens=tokens, stream=True,
-        extra_body={"ignore_eos": True})
-    times = []
-    async for chunk in s:
-        d = chunk.choices[0].delta if chunk.choices else None
-        if d is not None and (d.content or (d.model_extra or {}).get("reasoning_content")):
-            times.append(time.perf_counter())
+    """The gaps between this stream's text chunks (raw completions: every token is text, no harmony headers)."""
+    s = await client.completions.create(model=MODEL, prompt=f"Stream {i} tells a story:", max_tokens=tokens,
+                                        stream=True, extra_body={"ignore_eos": True})
+    times = [time.perf_counter() async for chunk in s if chunk.choices and chunk.choices[0].text]
     return [b - a for a, b in zip(times, times[1:])]
 
 
@@ -77,7 +72,7 @@ def pct(xs: list[float], q: float) -> float:
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--tokens", type=int, default=200)
+    p.add_argument("--tokens", type=int, default=400)
     p.add_argument("--senders", type=int, default=1)
     args = p.parse_args()
     proc, url, _ = start_server(1)

@@ -144,14 +144,12 @@ async def _reload(arb: "Arbiter") -> dict[str, Any]:
             continue
         for back in [rank, *reversed(rolled)]:
             await _step(steps, "rollback", arb, back, old_path)
-        for child in arb.children.values():
-            child.config_path = None
+        _settle(arb, new_path)
         return _failed(arb, steps, f"{rank.name} did not become ready on the new config ({outcome}); "
                                    f"rolled back to the old config")
     arb.cfg = fresh
     arb.write_config(fresh)
-    for child in arb.children.values():
-        child.config_path = None
+    _settle(arb, new_path)
     applied = {}
     for name in LIVE:
         rep = await arb.ask(arb.children[name], "config_update", APPLY_TIMEOUT_S, config=fresh)
@@ -160,6 +158,13 @@ async def _reload(arb: "Arbiter") -> dict[str, Any]:
                       "applied": applied[name], **({"error": rep["error"]} if rep.get("error") else {})})
     log.info("config reloaded", extra={"event": "config.reloaded", "changed": changed, "applied": applied})
     return {"ok": True, "changed": changed, "steps": steps}
+
+
+def _settle(arb: "Arbiter", rolled_onto: Path) -> None:
+    """The roll is over: every later start reads the tree's config.json again."""
+    for child in arb.children.values():
+        child.config_path = None
+    rolled_onto.unlink(missing_ok=True)
 
 
 def _failed(arb: "Arbiter", steps: list[dict[str, Any]], error: str) -> dict[str, Any]:

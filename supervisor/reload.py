@@ -41,7 +41,8 @@ RANKS_IGNORE = ("auth.", "http.", "cache.", "store.")  # sections no rank reads
 
 async def restart_child(arb: "Arbiter", child: "Child", timeout: float) -> str:
     """Stop the child gracefully and bring it back at once: "ready" when the new process is ready in time,
-    "exited" when it ended before that, "timeout" when it is still starting after `timeout` seconds."""
+    "exited" when it ended before that, "timeout" when it is still starting after `timeout` seconds,
+    "stopping" when the tree began to stop meanwhile (nothing is restarted then)."""
     old = child.proc
     if old is None:  # failed or stopped: start it afresh
         await arb.spawn(child)
@@ -51,6 +52,8 @@ async def restart_child(arb: "Arbiter", child: "Child", timeout: float) -> str:
     deadline = time.monotonic() + timeout
     new = None
     while time.monotonic() < deadline:
+        if arb.stopping:
+            return "stopping"
         if child.proc is not None and child.proc is not old:
             new = child.proc
         if new is not None and child.proc is new and child.state == "ready":
@@ -122,7 +125,7 @@ async def reload_config(arb: "Arbiter", args: dict[str, Any] | None = None) -> d
 async def _reload(arb: "Arbiter") -> dict[str, Any]:
     steps: list[dict[str, Any]] = []
     if arb.config_path is None:
-        fresh: dict[str, Any] | None = arb.cfg  # no file to re-read: roll the ranks on the config they have
+        fresh = arb.cfg  # no file to re-read: roll the ranks on the config they have
     else:
         try:
             fresh = await asyncio.to_thread(resolve, arb)

@@ -125,6 +125,7 @@ def test_a_reload_applies_keys_timeouts_and_limits_live(tree):
     cfg = current(tree)
     cfg["auth"]["api_key"] = "key-two"
     cfg["http"] = {**cfg.get("http", {}), "token_idle_timeout_s": 25, "max_completion_choices": 4}
+    cfg["cache"] = {"max_entries": 100}
     write(tree, cfg)
     code, rep = ctl(tree, "reload-config")
     assert code == 0 and rep["ok"] is True, rep
@@ -133,6 +134,8 @@ def test_a_reload_applies_keys_timeouts_and_limits_live(tree):
     assert {"action": "roll", "result": "skipped: no setting a rank reads changed"} in rep["steps"]
     front = next(s for s in rep["steps"] if s["action"] == "apply" and s["actor"] == "front")
     assert front["result"] == "ok" and "auth.api_key" in front["applied"] and "http.token_idle_timeout_s" in front["applied"]
+    cache = next(s for s in rep["steps"] if s["action"] == "apply" and s["actor"] == "cache")
+    assert cache == {"action": "apply", "actor": "cache", "result": "ok", "applied": ["cache.max_entries"]}
     assert pids(tree) == before  # applied live: nothing restarted
     old = ask(tree, "key-one")
     assert old.status_code == 401 and old.json()["error"]["code"] == "invalid_api_key"

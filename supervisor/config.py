@@ -4,8 +4,9 @@ The result also carries `slo`, the active profile's SLO thresholds for the serve
 
 One plain nested dict is passed around (and to each actor as JSON) so every key in
 configs/server_config.yaml is the one source of truth for names and defaults: `check` refuses what the
-operator's file or flags give that the defaults do not name, or of another type than the default's, or a
-negative number, so a typo fails at start-up (exit 2) or is refused by a reload before anything changes.
+operator's file or flags give that the defaults do not name, or of another type than the default's, a
+negative number, or a word outside a key's choices, so a typo fails at start-up (exit 2) or is refused by a
+reload before anything changes.
 """
 from __future__ import annotations
 
@@ -63,12 +64,16 @@ def slo_for(cfg: dict[str, Any]) -> dict[str, float]:
 
 # sections whose keys are names the operator chooses (actor names, profile names, model sizes)
 OPEN_SECTIONS = {"logging.levels", "profiles", "slo_by_model"}
+# keys that take one of a few words (compared without case); the flags' argparse choices say the same
+CHOICES = {"gpu.mode": ("single", "pipeline", "tensor", "auto"), "logging.level": ("debug", "info", "warning", "error"),
+           "store.synchronous": ("NORMAL", "FULL")}
 
 
 def check(given: dict[str, Any], defaults: dict[str, Any], where: str, prefix: str = "") -> None:
     """Raise ValueError naming the first key of `given` that `defaults` lacks, or whose value is of another
     kind than the default's (a number for a number, text for text, a map for a map; a null default takes
-    text or a number) or a negative number (no count, size or timeout here may be negative)."""
+    text or a number), a negative number (no count, size or timeout here may be negative), or a word that
+    is not one of CHOICES."""
     for key, value in given.items():
         name = f"{prefix}{key}"
         if key not in defaults:
@@ -88,6 +93,8 @@ def check(given: dict[str, Any], defaults: dict[str, Any], where: str, prefix: s
             raise ValueError(f"{where}: {name} must be {_kind(default)}, not {value!r}")
         if _is_number(value) and value < 0:
             raise ValueError(f"{where}: {name} must not be negative, not {value!r}")
+        if name in CHOICES and str(value).lower() not in (c.lower() for c in CHOICES[name]):
+            raise ValueError(f"{where}: {name} must be one of {', '.join(CHOICES[name])}, not {value!r}")
 
 
 def _is_number(v: Any) -> bool:

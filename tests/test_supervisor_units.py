@@ -157,6 +157,7 @@ def test_unknown_top_level_key_is_rejected(clean_env, tmp_path):
     ({"engine": {"prefix_caching": 1}}, "engine.prefix_caching must be true or false"),
     ({"engine": 3}, "engine must be a mapping"),
     ({"auth": {"api_key": ["k"]}}, "auth.api_key must be text or a number"),
+    ({"gpu": {"mode": "banana"}}, "gpu.mode must be one of single, pipeline, tensor, auto"),
 ])
 def test_a_bad_nested_key_or_value_is_named(clean_env, tmp_path, given, named):
     with pytest.raises(ValueError, match=re.escape(named)):

@@ -5,8 +5,11 @@ to a local receiver (the tests' real one, decoding every span). Off: `telemetry.
 no request histograms; counters, gauges and logs are the same in both). Both trees run side by side, idle
 while the other is measured; rounds alternate which goes first, so drift on a shared machine hits both alike.
 Besides tokens/s and TTFT, each run records the CPU time the whole tree (supervisor and every actor) spent
-per generated token: on a busy shared machine wall-clock rates swing by tens of percent between runs, while
-the CPU a tree spends on the same work barely moves, so that is the number that can resolve a 1% cost.
+per generated token, per actor. On a busy shared machine both swing by tens of percent between identical runs
+(wall clock more), so neither resolves a 1% cost there; a quiet machine with many rounds can.
+Each round also runs bench/telemetry_cost.py's in-process measure of what "on" adds (the same code, without
+the serving work), divided by that round's "off" tree CPU per token: a share that the load swings of a shared
+machine move far less, since numerator and denominator are measured under the same load.
 Prints one JSON line per round and variant, then the medians and the relative cost.
 
     python bench/telemetry_bench.py --rounds 5 --concurrency 32 --tokens 64
@@ -28,11 +31,13 @@ from pathlib import Path
 import psutil
 import yaml
 from serve_bench import run, start_server
+from telemetry_cost import measure
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from otlp_receiver import Receiver  # noqa: E402 - the tests' OTLP receiver, a real gRPC TraceService
 
 
+COST_REQUESTS = 100  # telemetry_cost requests per variant and round
 SETTLE_S = 4.0  # a push (1 s) + the sampler's grace (2 s) + its decision tick (0.5 s), with room
 
 
@@ -67,6 +72,7 @@ def main() -> None:
     env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.grpc_port}", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}
     servers = {"on": start_server(1, _config(True), env), "off": start_server(1, _config(False))}
     rows: dict[str, list[dict]] = {"on": [], "off": []}
+    shares: list[dict[str, float]] = []
     try:
         for i in range(args.rounds):
             for variant in (("on", "off") if i % 2 == 0 else ("off", "on")):
@@ -83,6 +89,14 @@ def main() -> None:
                          cpu_ms_per_token_by_actor=per)
                 rows[variant].append(r)
                 print(json.dumps(r), flush=True)
+            # telemetry_cost's in-process measure of what "on" adds, in this same round, over this round's
+            # "off" tree CPU per token: numerator and denominator under the same machine load
+            cost = {v: measure(v == "on", COST_REQUESTS, args.tokens, 1.0)
+                    for v in (("on", "off") if i % 2 == 0 else ("off", "on"))}
+            off_tree = rows["off"][-1]["cpu_ms_per_token"]
+            shares.append({part: (cost["on"][k] - cost["off"][k]) * 1000 / args.tokens / off_tree
+                           for k, part in enumerate(("serving_actors", "telemetry_actor"))})
+            print(json.dumps({"round": i, "cost_share_of_tree_cpu": shares[-1]}), flush=True)
     finally:
         for proc, _, _ in servers.values():
             proc.send_signal(signal.SIGTERM)
@@ -99,6 +113,8 @@ def main() -> None:
                "tokens_per_s_loss": round(1 - med["on"]["tokens_per_s"] / med["off"]["tokens_per_s"], 4),
                "ttft_p50_increase": round(med["on"]["ttft_p50_s"] / med["off"]["ttft_p50_s"] - 1, 4),
                "cpu_per_token_increase": round(med["on"]["cpu_ms_per_token"] / med["off"]["cpu_ms_per_token"] - 1, 4),
+               "cost_share_of_tree_cpu": {part: round(statistics.median(sh[part] for sh in shares), 4)
+                                          for part in ("serving_actors", "telemetry_actor")},
                "spans_received": len(receiver.spans),
                "machine": f"{platform.machine()} {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d")}
     print(json.dumps(summary))
@@ -106,7 +122,8 @@ def main() -> None:
     for v in ("off", "on"):
         print(f"{v:>8} {med[v]['tokens_per_s']:>15} {med[v]['ttft_p50_s']:>18} {med[v]['cpu_ms_per_token']:>22}")
     print(f"tokens/s loss {summary['tokens_per_s_loss']:+.2%}, TTFT p50 increase {summary['ttft_p50_increase']:+.2%}, "
-          f"CPU per token {summary['cpu_per_token_increase']:+.2%}")
+          f"CPU per token {summary['cpu_per_token_increase']:+.2%}; in-process cost of 'on' (median of rounds): "
+          + ", ".join(f"{k} {v:+.2%}" for k, v in summary["cost_share_of_tree_cpu"].items()) + " of the tree's CPU")
 
 
 if __name__ == "__main__":

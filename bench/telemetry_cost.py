@@ -7,7 +7,8 @@ inter-token and per-request histograms (observe.record_tokens/record_finished ov
 batches of one token, the worst case); the router's route span; the rank's request timings and its
 generate/queue/prefill/decode spans (rank/timings.py, fed one engine step per token); every actor's
 msgpack push of its spans; and in telemetry the span checks, the tail sampler and the OTLP encoding of a
-kept trace (to_readable + the exporter's encoder + serialization; the network send is not counted).
+kept trace (to_readable + the exporter's encoder + serialization; the network send is not counted), every
+trace kept unless `--sample-ratio` says otherwise.
 The same calls run with telemetry off (tracing.setup(False), observing off) and on, alternating; the
 difference of their CPU time is the cost of "on". Divide it by the tree's CPU per token from
 telemetry_bench (`--tree-cpu-ms-per-token`, its "off" median) for the share.
@@ -99,12 +100,12 @@ def telemetry_side(spans: list[list], sampler: TailSampler, resources: dict, now
         encode_spans([to_readable(s, resources) for s in kept]).SerializeToString()
 
 
-def measure(on: bool, requests: int, tokens: int) -> tuple[float, float]:
+def measure(on: bool, requests: int, tokens: int, ratio: float) -> tuple[float, float]:
     """CPU seconds per request of the telemetry-touched code, with telemetry on or off: (in the serving
     actors, in telemetry)."""
     front, rank = _actor("front", on), _actor("rank-0", on)  # each sets up this process's tracer
     timings = Timings(rank)
-    sampler, resources = TailSampler(1.0, 7.0, 20.0), {}
+    sampler, resources = TailSampler(ratio, 7.0, 20.0), {}
     serving = telemetry = 0.0
     for i in range(requests):
         started = time.process_time()
@@ -120,19 +121,20 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=128)
     p.add_argument("--requests", type=int, default=300)
     p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--sample-ratio", type=float, default=1.0, help="the tail sampler's share of fast traces kept")
     p.add_argument("--tree-cpu-ms-per-token", type=float, default=None,
                    help="the tree's CPU per token with telemetry off (telemetry_bench's median) for the share")
     args = p.parse_args()
     rows: dict[str, list[tuple[float, float]]] = {"on": [], "off": []}
     for i in range(args.rounds):
         for variant in (("on", "off") if i % 2 == 0 else ("off", "on")):
-            rows[variant].append(measure(variant == "on", args.requests, args.tokens))
+            rows[variant].append(measure(variant == "on", args.requests, args.tokens, args.sample_ratio))
     # ms per token, medians over the rounds: the serving actors' part, telemetry's part, and both
     med = {v: [statistics.median(r[k] for r in rs) * 1000 / args.tokens for k in (0, 1)] for v, rs in rows.items()}
     cost = {"serving_actors": med["on"][0] - med["off"][0], "telemetry_actor": med["on"][1] - med["off"][1]}
     cost["total"] = cost["serving_actors"] + cost["telemetry_actor"]
     out = {"bench": "telemetry_cost", "tokens_per_request": args.tokens, "requests": args.requests,
-           "rounds": args.rounds, "on_minus_off_ms_per_token": {k: round(v, 5) for k, v in cost.items()}}
+           "rounds": args.rounds, "sample_ratio": args.sample_ratio, "on_minus_off_ms_per_token": {k: round(v, 5) for k, v in cost.items()}}
     if args.tree_cpu_ms_per_token:
         out["share_of_tree_cpu"] = {k: round(v / args.tree_cpu_ms_per_token, 4) for k, v in cost.items()}
     print(json.dumps(out))

@@ -7,7 +7,6 @@ import signal
 import socket
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import psutil

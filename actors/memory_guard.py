@@ -9,9 +9,11 @@ Inputs, none of them a per-request round trip:
 Output: a `pressure` message on our PUB every `memory.interval_s` and at once on a level change. The router
 keeps the latest copy and applies it: a rank at elevated is chosen after those at ok, one at critical takes
 no new request while another can, and with none left (or host memory critical) new requests are refused
-with 429 and Retry-After. The front serves it as /memory_stats. The `evict` list (idle sessions on a rank
-above ok, whose cached prefixes should go) is published and counted, but no rank consumes it yet: a rank's
-prefix cache still frees those blocks only by LRU when it needs new ones.
+with 429 and Retry-After. The front serves it as /memory_stats. The `evict` list names, per rank above ok,
+the idle sessions on it (each handed out once); that rank frees the cached prefix blocks those sessions'
+requests registered and no request holds or other live session shares (actors/rank/session_blocks.py), and
+reports their hashes as evicted so the router's prefix index drops them. A publication a rank misses (PUB/SUB
+drops for a restarting peer) only leaves those blocks to the rank's LRU.
 """
 from __future__ import annotations
 

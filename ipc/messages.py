@@ -64,6 +64,8 @@ SCHEMAS: dict[str, dict[str, tuple[type, ...]]] = {
     # rank -> front (PUSH/PULL, straight, no hop through the router): ONE message per engine step carrying
     # every request's new tokens, `items` = [[req_id, ids, finish or None], ...]; an item has a 4th element,
     # logprobs, only when its request asked: one entry per id, [chosen_logprob, [[token_id, logprob], ...]].
+    # A request's last item (finish stop/length) has 5: [req_id, ids, finish, logprobs or None, cached], cached
+    # = its prompt tokens the prefix cache supplied (usage's cached_tokens).
     # One envelope per step instead of one per request per step: at 32+ streams the per-message cost (encode,
     # send, receive, decode) was a real share of both processes' time.
     "tokens": {"items": _LIST},
@@ -80,7 +82,7 @@ SCHEMAS: dict[str, dict[str, tuple[type, ...]]] = {
     "finished": {"req_id": _STR},
     # memory guard PUB -> router, front, ranks, every interval and on every change (actors/memory_guard.py):
     # level = the tree's worst, ranks = {rank: {level, kv_used_frac, ...}}, sessions = {id: {tokens, rank,
-    # idle_s, active}} (the largest, bounded), evict = {rank: [session ids whose cached prefix to drop]}
+    # idle_s, active}} (the largest, bounded), evict = {rank: [session ids whose cached prefix that rank frees]}
     "pressure": {"level": _STR, "host_used_frac": _NUM, "ranks": _MAP, "sessions": _MAP, "evict": _MAP},
     # front -> memory guard, when a request of a session ends: what it holds (prompt + output tokens) and where
     "session_use": {"session": _STR, "rank": _OPT_STR, "tokens": _INT, "active": _INT},

@@ -124,3 +124,23 @@ def test_reclaim_frees_what_nobody_owns():
     bm.register(h, lost, [], 0, 1)
     bm.reclaim([kept])
     assert bm.used == 2 and bm.available == 4 and len(bm.lru) == 1  # the registered one stays cached
+
+
+def test_forget_frees_unheld_cached_blocks_of_both_kinds_and_reports_them():
+    bm = BlockManager(num_blocks=16, block_size=4, window=8)
+    h = block_hashes(list(range(16)), 4, SEED)
+    full: list[int] = []
+    sw: list[int] = []
+    bm.grow(full, sw, 16)
+    bm.register(h, full, sw, 0, 4)
+    keep: list[int] = []
+    keep_sw: list[int] = []
+    bm.take_cached(h, 1, keep, keep_sw)  # another request still reads block 0 (full and sliding)
+    bm.release(full, sw)
+    assert len(bm.cached) == 8 and bm.used == 2
+    assert bm.forget(h + [b"\0" * 32]) == 6  # blocks 1..3 of both kinds; unknown hashes are ignored
+    assert set(bm.cached) == {(FULL, h[0]), (SLIDING, h[0])}  # held: left alone, still findable
+    assert bm.take_evicted() == h[1:]  # the router's index drops them like LRU evictions
+    assert bm.available == 14 and len(bm.lru) == 0 and bm.used == 2
+    bm.release(keep, keep_sw)
+    assert bm.forget(h[:1]) == 2 and bm.cached == {} and bm.available == 16

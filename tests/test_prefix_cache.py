@@ -74,3 +74,31 @@ def test_preempted_requests_resume_from_the_cache(model):
         assert eng.load()["kv_blocks_used"] == 0
     assert outs[True] == outs[False]
     assert eng.load()["prefix_hits"] > 0
+
+
+def test_evicting_an_idle_session_frees_its_prefix_and_only_its_own(model):
+    eng = Engine(model, [NEVER], max_running=4, max_waiting=8, max_model_len=512)
+    shared, a, b = prompt(32, 20), prompt(48, 21), prompt(48, 22)
+    for name, session, p in (("a", "sa", shared + a), ("b", "sb", shared + b), ("x", None, prompt(40, 23))):
+        eng.add(name, p, SamplingParams(max_tokens=2, temperature=0.0), session)
+    done = {o.req_id: o.cached for o in eng.step() + drain_outputs(eng) if o.finish}
+    assert done == {"a": 0, "b": 0, "x": 0}  # the last output tells how much of the prompt was cached
+    cached = eng.load()["cached_blocks"]
+    eng.evict_sessions(["sa", "unknown"])
+    assert eng.has_work()  # the eviction runs in the next step, like an abort
+    drain(eng)
+    # a's own 3 blocks of prompt (and its output's, none complete) go, full and sliding; the shared 2 stay (b holds them)
+    assert eng.scheduler.session_blocks_evicted == 6 and eng.load()["cached_blocks"] == cached - 6
+    assert len(eng.take_evicted()) == 3
+    hits = {}
+    for name, session, p in (("a2", "sa", shared + a), ("b2", "sb", shared + b)):
+        eng.add(name, p, SamplingParams(max_tokens=2, temperature=0.0), session)
+        hits.update({o.req_id: o.cached for o in drain_outputs(eng) if o.finish})
+    assert hits == {"a2": 32, "b2": 80 - 16}  # a: only the shared prefix; b: all but its last block
+
+
+def drain_outputs(eng: Engine) -> list:
+    out = []
+    while eng.has_work():
+        out += eng.step()
+    return out

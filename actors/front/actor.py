@@ -170,15 +170,17 @@ class Front(Actor):
             self._on_item(item)
 
     def _on_item(self, item: Any) -> None:
-        """One request's share of a rank's tokens message: [req_id, ids, finish] (+ logprobs). The codec checked
-        the envelope; the items are checked here, and a malformed one is dropped alone."""
-        if not (isinstance(item, list) and len(item) in (3, 4) and isinstance(item[0], str)
+        """One request's share of a rank's tokens message: [req_id, ids, finish] (+ logprobs, + cached tokens on
+        its last). The codec checked the envelope; the items are checked here, and a malformed one is dropped alone."""
+        if not (isinstance(item, list) and len(item) in (3, 4, 5) and isinstance(item[0], str)
                 and isinstance(item[1], list) and all(isinstance(t, int) and not isinstance(t, bool) for t in item[1])
                 and (item[2] is None or isinstance(item[2], str))):
             self.count("bad_frames_total")
             return
         req_id, ids, finish = item[0], item[1], item[2]
-        if not self.streams.on_tokens(req_id, ids, finish, _logprobs(req_id, ids, item[3] if len(item) == 4 else None)):
+        cached = item[4] if len(item) == 5 and type(item[4]) is int and item[4] >= 0 else None
+        if not self.streams.on_tokens(req_id, ids, finish, _logprobs(req_id, ids, item[3] if len(item) > 3 else None),
+                                      cached):
             self.count("orphan_tokens_total")
 
     # ---- response cache ------------------------------------------------------------------------------

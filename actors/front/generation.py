@@ -264,10 +264,16 @@ def calls_kept(deltas: list[Delta], limit: int | None) -> list[Delta]:
     return deltas if limit is None else [d for d in deltas if d.tool_call is None or d.tool_call.index < limit]
 
 
+def cached_tokens(choices: list[Choice]) -> int:
+    """Prompt tokens a rank's prefix cache supplied; with n > 1 the prompt counts once, as in prompt_tokens."""
+    return max((c.pending.cached_tokens for c in choices if c.pending is not None), default=0)
+
+
 def usage(prompt_tokens: int, choices: list[Choice]) -> dict[str, Any]:
     done = sum(c.tokens for c in choices)
     reasoning = sum(c.decoder.reasoning_tokens for c in choices)
     return {"prompt_tokens": prompt_tokens, "completion_tokens": done, "total_tokens": prompt_tokens + done,
+            "prompt_tokens_details": {"cached_tokens": cached_tokens(choices)},
             "completion_tokens_details": {"reasoning_tokens": reasoning}}
 
 

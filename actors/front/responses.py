@@ -36,6 +36,7 @@ from .errors import APIError
 from .generation import (
     Choice,
     StopStrings,
+    cached_tokens,
     calls_kept,
     generate,
     release,
@@ -107,7 +108,7 @@ def _chat_body(body: dict[str, Any], messages: list[dict[str, Any]], effort: str
 
 
 def _usage(prompt_tokens: int, choice: Choice) -> dict[str, Any]:
-    return {"input_tokens": prompt_tokens, "input_tokens_details": {"cached_tokens": 0},
+    return {"input_tokens": prompt_tokens, "input_tokens_details": {"cached_tokens": cached_tokens([choice])},
             "output_tokens": choice.tokens,
             "output_tokens_details": {"reasoning_tokens": choice.decoder.reasoning_tokens},
             "total_tokens": prompt_tokens + choice.tokens}

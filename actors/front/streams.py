@@ -53,6 +53,7 @@ class Pending:
     admission: asyncio.Event = field(default_factory=asyncio.Event)  # set once a rank accepted it or it was refused
     refusal: APIError | None = None
     streamed: bool = False  # a token came: from here on the request is bound to its rank
+    cached_tokens: int = 0  # prompt tokens the rank's prefix cache supplied (told with the last tokens)
     held_since: float | None = None  # monotonic time it was first held (never reset: the bound is total)
     next_try: float = 0.0
     why_held: str = ""
@@ -124,11 +125,14 @@ class Streams:
         else:
             self._settle(p, APIError(status, message, code, retry_after=retry_after))
 
-    def on_tokens(self, req_id: str, ids: list[int], finish: str | None, logprobs: list | None = None) -> bool:
+    def on_tokens(self, req_id: str, ids: list[int], finish: str | None, logprobs: list | None = None,
+                  cached: int | None = None) -> bool:
         p = self.pending.get(req_id)
         if p is None:
             return False
         p.streamed = True
+        if cached is not None:
+            p.cached_tokens = cached
         p.admission.set()
         p.queue.put_nowait((ids, logprobs, finish))
         return True

@@ -1,7 +1,9 @@
 """Rank actor: holds the model and its engine; takes requests from the router, streams tokens to the front.
 
 Sockets: DEALER (identity = our name) to the router's "ranks" ROUTER for generate/abort in, finished/load
-out; PUSH to the front's "tokens" PULL for token deltas (no hop through the router).
+out; PUSH to the front's "tokens" PULL for token deltas (no hop through the router); SUB to the memory guard's
+pressure, whose `evict` list names the idle sessions whose cached prefixes this rank frees (the engine does
+it at its next step; the freed blocks' hashes go to the router in the next load report).
 A request this rank cannot take (queue full, bad parameters) is failed straight to the front with the HTTP
 status to give, and reported finished to the router so its in-flight count stays true.
 
@@ -77,6 +79,9 @@ class Rank(Actor):
         sockets.connect(self.router, self.run_dir, "ranks")
         self.tokens = sockets.socket(self.ctx, zmq.PUSH)
         sockets.connect(self.tokens, self.run_dir, "tokens")
+        self.memory = sockets.socket(self.ctx, zmq.SUB)
+        self.memory.setsockopt(zmq.SUBSCRIBE, b"")
+        sockets.connect(self.memory, self.run_dir, "memory")
         self.wake = asyncio.Event()
         self.draining = False
         self.front_pid: int | None = None
@@ -85,6 +90,7 @@ class Rank(Actor):
 
     def tasks(self) -> list[Awaitable[Any]]:
         return [self.serve(self.router, "ranks", {"generate": self._admit, "abort": self._abort}),
+                self.serve(self.memory, "memory", {"pressure": self._pressure}),
                 self._engine_loop(), self._report_load()]
 
     def load(self) -> dict[str, Any]:
@@ -124,6 +130,16 @@ class Rank(Actor):
         self.engine.abort(m.body["req_id"])
         self.wake.set()
 
+    def _pressure(self, m: Message) -> None:
+        sessions = m.body["evict"].get(self.name)
+        if not isinstance(sessions, list):
+            return
+        sessions = [s for s in sessions if isinstance(s, str)]
+        if sessions:
+            self.count("sessions_evicted_total", len(sessions))
+            self.engine.evict_sessions(sessions)
+            self.wake.set()
+
     def _admit(self, m: Message) -> None:
         req_id = m.body["req_id"]
         if self.draining:
@@ -135,7 +151,8 @@ class Rank(Actor):
             prompt = [int(t) for t in m.body["prompt_ids"]]
             if max(prompt) >= self.vocab_size:  # an embedding lookup past the table fails the whole step
                 raise ValueError(f"prompt holds token id {max(prompt)}, outside the vocabulary of {self.vocab_size}")
-            self.engine.add(req_id, prompt, params)
+            session = m.body.get("session")
+            self.engine.add(req_id, prompt, params, session if isinstance(session, str) else None)
         except QueueFull as exc:
             return self._fail(req_id, 429, str(exc), "queue_full")
         except (ValueError, TypeError, OverflowError) as exc:
@@ -207,8 +224,8 @@ class Rank(Actor):
         dropped silently: a tokens message the front's queue cannot take waits up to SEND_TIMEOUT_S, and past
         that its requests are aborted (a stream with a gap would be wrong text) and logged; a `finished` the
         router cannot take is counted, and the router reconciles from our load reports (`requests`)."""
-        items = [[o.req_id, o.ids, o.finish] + ([] if o.logprobs is None else [o.logprobs])
-                 for o in outputs if o.finish != "abort"]
+        items = [[o.req_id, o.ids, o.finish] + ([] if o.logprobs is None else [o.logprobs]) if o.cached is None
+                 else [o.req_id, o.ids, o.finish, o.logprobs, o.cached] for o in outputs if o.finish != "abort"]
         if items and not await self._send_front(self.msg("tokens", items=items)):
             lost = [it[0] for it in items if it[2] is None]
             log.error("the front took no tokens for %ss; aborting its requests", SEND_TIMEOUT_S,
@@ -254,4 +271,5 @@ class Rank(Actor):
                 self.count(name, load.pop(key) - self.counters.get(name, 0.0))  # tokens since the last report
             self.gauges.update({k: float(v) for k, v in load.items()})
             self.counters["preemptions_total"] = float(self.engine.preemptions_total)  # cumulative, as counters are
+            self.counters["session_blocks_evicted_total"] = float(self.engine.scheduler.session_blocks_evicted)
             await asyncio.sleep(LOAD_REPORT_S)

@@ -13,7 +13,8 @@ content hash chained over the token ids of all blocks up to it and a `seed` nami
 K/V (model, dtype, shard). Once a block's K/V are written (after the step that completes it), the full
 block and the sliding block of that index are registered under (kind, hash). A block whose last holder
 releases it keeps its content and registration and goes to an LRU list of cached free blocks; it is
-evicted (registration dropped) only when a new block is needed and no never-registered free block is left.
+evicted (registration dropped) when a new block is needed and no never-registered free block is left, or
+when the memory guard names an idle session whose blocks they are (`forget`, scheduler.py).
 A new request reuses the longest run of leading blocks whose full blocks are all registered AND whose
 sliding blocks covering the window before the reuse point are too (sliding layers need exactly those to
 continue); at least one token is always computed, so the last prompt token's logits come from a forward.
@@ -212,6 +213,24 @@ class BlockManager:
                     self.ref[b] += 1
         self.free = [b for b in range(self.num_blocks - 1, -1, -1) if self.ref[b] == 0 and self.key[b] is None]
         self.lru = OrderedDict((b, None) for b in range(self.num_blocks) if self.ref[b] == 0 and self.key[b] is not None)
+
+    def forget(self, hashes: list[bytes]) -> int:
+        """Evict the cached blocks of these hashes (both kinds) that no request holds: unregistered and
+        free at once, the full ones reported as evicted like LRU evictions. Held blocks are left alone (their
+        holder still reads them; they stay findable). Returns how many blocks were freed."""
+        n = 0
+        for h in hashes:
+            for kind in (FULL, SLIDING):
+                b = self.cached.get((kind, h))
+                if b is not None and self.ref[b] == 0:
+                    del self.cached[(kind, h)]
+                    del self.lru[b]
+                    self.key[b] = None
+                    self.free.append(b)
+                    n += 1
+                    if kind == FULL:
+                        self.evicted.append(h)
+        return n
 
     def take_evicted(self) -> list[bytes]:
         out = list(self.evicted)

@@ -5,10 +5,11 @@ Public interface (the rank actor, its tensor followers and bench/ use only this)
 
     eng = Engine(model, eos_ids, max_running=64, max_waiting=256, max_model_len=4096,
                  max_batched_tokens=2048, block_size=16, kv_cache_tokens=0, gpu_memory_utilization=0.9)
-    eng.add(req_id, prompt_ids, SamplingParams(...))   # QueueFull when the queue is at its bound,
-                                                       # ValueError when the request can never fit
-    outputs = eng.step()          # [Output(req_id, ids, finish, logprobs)], one forward
+    eng.add(req_id, prompt_ids, SamplingParams(...), session=None)  # QueueFull when the queue is at its
+                                  # bound, ValueError when the request can never fit
+    outputs = eng.step()          # [Output(req_id, ids, finish, logprobs, cached)], one forward
     eng.abort(req_id)             # takes effect at the start of the next step
+    eng.evict_sessions([session]) # ... so does freeing those idle sessions' cached prefixes
     eng.load()                    # running, waiting, kv_blocks_used, kv_blocks_total, tokens_per_s,
                                   # cached_blocks, prefix_queries, prefix_hits (tokens, since start)
     eng.take_evicted()            # hashes of the full blocks evicted from the prefix cache since last asked
@@ -82,11 +83,14 @@ class Engine:
 
     # ---- the loop thread's side -----------------------------------------------------------------------
 
-    def add(self, req_id: str, prompt: list[int], params: SamplingParams) -> None:
-        self.scheduler.add(req_id, prompt, params)
+    def add(self, req_id: str, prompt: list[int], params: SamplingParams, session: str | None = None) -> None:
+        self.scheduler.add(req_id, prompt, params, session)
 
     def abort(self, req_id: str) -> None:
         self.scheduler.abort(req_id)
+
+    def evict_sessions(self, sessions: list[str]) -> None:
+        self.scheduler.evict_sessions(sessions)
 
     def take_evicted(self) -> list[bytes]:
         with self.scheduler.lock:

@@ -11,12 +11,14 @@ from .sampling import SamplingParams, TokenLogprobs
 
 class Output(NamedTuple):
     """One request's result of a step. finish: None (more to come), "stop", "length", or "abort" (drop it,
-    send nothing more). logprobs: one entry per id when the request asked for them, else None."""
+    send nothing more). logprobs: one entry per id when the request asked for them, else None. cached: on a
+    request's last output (stop or length), how many of its prompt tokens came from the prefix cache."""
 
     req_id: str
     ids: list[int]
     finish: str | None
     logprobs: list[TokenLogprobs] | None = None
+    cached: int | None = None
 
 
 @dataclass
@@ -33,6 +35,8 @@ class Request:
     registered: int = 0  # leading blocks whose K/V are final and findable by hash
     computed: int = 0  # tokens of prompt + out whose K/V are in the cache (or are written this step)
     finish: str | None = None
+    session: str | None = None  # the front's session id, for evicting a session's prefix (session_blocks.py)
+    cached: int = -1  # prompt tokens its first admission found in the prefix cache (-1: not admitted yet)
 
     @property
     def seq_len(self) -> int:

@@ -18,7 +18,11 @@ back to the FRONT of the waiting queue with the tokens it generated; readmitted,
 generated tokens again and continues. Its sampling generator is untouched, so a seeded request gives the
 same tokens whether or not it was preempted. A request that could not fit even alone is refused at add().
 
-`add`/`abort` come from the rank actor's loop thread, `schedule`/`postprocess` from the step thread: the
+Evicting an idle session's prefix (the memory guard names it, the rank actor passes it to `evict_sessions`)
+happens at the start of the next step, like an abort: the blocks its requests registered (session_blocks.py)
+that no request holds and no other live session shares are freed (BlockManager.forget).
+
+`add`/`abort`/`evict_sessions` come from the rank actor's loop thread, `schedule`/`postprocess` from the step thread: the
 queues they share are guarded by `lock`.
 """
 from __future__ import annotations
@@ -30,6 +34,9 @@ from typing import NamedTuple
 from .block_manager import FULL, BlockManager, block_hashes
 from .request import Output, Request
 from .sampling import SamplingParams, TokenLogprobs
+from .session_blocks import SessionBlocks
+
+MAX_SESSION_HASHES = 1 << 17  # per rank, whatever its pool: a few MB of keys at most
 
 
 class QueueFull(Exception):
@@ -62,14 +69,17 @@ class Scheduler:
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []  # in admission order: the newest is preempted first
         self._aborts: set[str] = set()
+        self._evicts: list[str] = []  # sessions whose prefix to evict at the next step
+        self.sessions = SessionBlocks(min(2 * blocks.num_blocks, MAX_SESSION_HASHES))
         self.lock = threading.Lock()
         self.preemptions_total = 0
         self.prefix_queries = 0  # tokens of admitted sequences looked up in the prefix cache ...
         self.prefix_hits = 0  # ... and found there
+        self.session_blocks_evicted = 0  # blocks freed by evict_sessions
 
     # ---- the loop thread's side -----------------------------------------------------------------------
 
-    def add(self, req_id: str, prompt: list[int], params: SamplingParams) -> None:
+    def add(self, req_id: str, prompt: list[int], params: SamplingParams, session: str | None = None) -> None:
         if not prompt:
             raise ValueError("empty prompt")
         if len(prompt) >= self.max_model_len:
@@ -81,14 +91,18 @@ class Scheduler:
         with self.lock:
             if len(self.waiting) >= self.max_waiting:
                 raise QueueFull(f"rank queue is full ({self.max_waiting} waiting)")
-            self.waiting.append(Request(req_id, list(prompt), params, params.generator()))
+            self.waiting.append(Request(req_id, list(prompt), params, params.generator(), session=session))
 
     def abort(self, req_id: str) -> None:
         with self.lock:
             self._aborts.add(req_id)
 
+    def evict_sessions(self, sessions: list[str]) -> None:
+        with self.lock:
+            self._evicts += sessions
+
     def has_work(self) -> bool:
-        return bool(self.running or self.waiting or self._aborts)
+        return bool(self.running or self.waiting or self._aborts or self._evicts)
 
     # ---- the step thread's side ---------------------------------------------------------------------------
 
@@ -97,6 +111,12 @@ class Scheduler:
         if r.slot is not None:
             self.free_slots.append(r.slot)
             r.slot = None
+
+    def _retire(self, r: Request) -> None:
+        """r finished or was aborted: free its blocks; its session keeps the hashes of what it registered."""
+        self._release(r)
+        if r.session is not None and r.registered:
+            self.sessions.record(r.session, r.hashes[:r.registered])
 
     def _preempt(self, r: Request) -> None:
         self._release(r)
@@ -118,10 +138,14 @@ class Scheduler:
             if aborts:
                 for r in [r for r in (*self.waiting, *self.running) if r.id in aborts]:
                     r.finish = "abort"
-                    self._release(r)
+                    self._retire(r)
                     outputs.append(Output(r.id, [], "abort"))
                 self.waiting = deque(r for r in self.waiting if r.finish is None)
                 self.running = [r for r in self.running if r.finish is None]
+            if self._evicts:
+                evicts, self._evicts = self._evicts, []
+                for session in evicts:
+                    self.session_blocks_evicted += self.blocks.forget(self.sessions.take(session))
             if len(self.free_slots) + len(self.running) != self.max_running:
                 self._reclaim()
             decodes: list[tuple[Request, int]] = []
@@ -176,6 +200,8 @@ class Scheduler:
                 self.running.append(r)
                 self.prefix_queries += r.seq_len
                 self.prefix_hits += start
+                if r.cached < 0:  # the first admission's hit is what the client is told (a preempted one may differ)
+                    r.cached = start
                 table += [(r.slot, j + (kind != FULL) * self.max_blocks, b)
                           for kind, j, b in bm.take_cached(r.hashes, hit, r.blocks, r.sw)]
                 r.computed = r.registered = start
@@ -213,9 +239,11 @@ class Scheduler:
                 r.finish = "stop"
             elif len(r.out) >= r.params.max_tokens or r.seq_len >= self.max_model_len:
                 r.finish = "length"
-            outputs.append(Output(r.id, [token], r.finish, None if lp is None else [lp]))
-            if r.finish is not None:
-                self._release(r)
+            if r.finish is None:
+                outputs.append(Output(r.id, [token], None, None if lp is None else [lp]))
+            else:
+                outputs.append(Output(r.id, [token], r.finish, None if lp is None else [lp], r.cached))
+                self._retire(r)
         with self.lock:
             self.running = [r for r in self.running if r.finish is None]
         return outputs

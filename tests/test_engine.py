@@ -221,7 +221,7 @@ def test_abort_frees_blocks_within_one_step(model):
     assert load["kv_blocks_used"] == 2 * (3 + 1)  # 41 positions of a -> 3 blocks, 11 of b -> 1; full + sliding
     eng.abort("a")
     outs = eng.step()
-    assert ("a", [], "abort", None) in outs
+    assert ("a", [], "abort", None, None) in outs
     assert {r.id for r in eng.running} == {"b", "c"}  # c took a's slot in the same step
     assert any(o.req_id == "c" and len(o.ids) == 1 for o in outs)
     assert eng.load()["kv_blocks_used"] == 2 * (1 + 1)  # a's blocks are back; b and c hold one of each kind

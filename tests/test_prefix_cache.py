@@ -95,6 +95,9 @@ def test_evicting_an_idle_session_frees_its_prefix_and_only_its_own(model):
         eng.add(name, p, SamplingParams(max_tokens=2, temperature=0.0), session)
         hits.update({o.req_id: o.cached for o in drain_outputs(eng) if o.finish})
     assert hits == {"a2": 32, "b2": 80 - 16}  # a: only the shared prefix; b: all but its last block
+    # a2 registered the blocks after the ones it reused (counted in blocks, not tokens): a3 finds them all
+    eng.add("a3", shared + a, SamplingParams(max_tokens=2, temperature=0.0), "sa")
+    assert [o.cached for o in drain_outputs(eng) if o.finish] == [80 - 16]
 
 
 def drain_outputs(eng: Engine) -> list:

@@ -204,7 +204,7 @@ class Scheduler:
                     r.cached = start
                 table += [(r.slot, j + (kind != FULL) * self.max_blocks, b)
                           for kind, j, b in bm.take_cached(r.hashes, hit, r.blocks, r.sw)]
-                r.computed = r.registered = start
+                r.computed, r.registered = start, hit  # tokens; blocks
                 budget -= n
                 self._grow(r, n, table)
                 (decodes if n == 1 else chunks).append((r, n))

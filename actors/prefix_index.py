@@ -7,8 +7,12 @@ blocks the rank reports it evicted, which are dropped. It is a hint, never a cor
 stale entry costs a cache miss on the rank, nothing else.
 
 The choice, among the candidates the router would use anyway (ready, not draining, least loaded first):
-1. a rank is "much busier" when its requests in flight exceed BUSY_FACTOR x the least loaded one's plus
-   BUSY_SLACK; such ranks are only used when nothing else is (the router's own order applies then);
+1. a rank's load is its requests in flight plus `pressure_weight` x the share of its KV blocks held (the
+   memory guard's kv_used_frac: a rank near full counts as that many more requests); a rank is "much busier"
+   when its load exceeds `busy_factor` x the least loaded one's plus `busy_slack`; such ranks are only used
+   when nothing else is (the router's own order applies then). These three are the profile's routing
+   weights (configs/server_config.yaml `routing`): small ones balance load first (a cached prefix only
+   decides between ranks about as busy), large ones follow cached prefixes through more load;
 2. of the others, the one with the longest cached prefix of this prompt, in whole blocks;
 3. when that cannot tell (no prefix cached anywhere, or a tie, e.g. every rank holds the system prompt):
    the rank this request's session went to last (the `session` field: X-Session-ID, prompt_cache_key or
@@ -24,7 +28,6 @@ from typing import Any
 
 from .rank.block_manager import block_hashes
 
-BUSY_FACTOR, BUSY_SLACK = 2, 4  # "much busier": in flight > 2 x the least loaded's + 4
 LONG_PROMPT_TOKENS = 2048  # prompts this long prefer a multi-GPU rank
 MAX_BLOCKS = 1 << 18  # per rank, whatever its pool: 2 MB of keys at most
 MAX_SESSIONS = 1 << 16
@@ -39,7 +42,8 @@ class _Rank:
 
 
 class PrefixIndex:
-    def __init__(self) -> None:
+    def __init__(self, busy_factor: float, busy_slack: float, pressure_weight: float) -> None:
+        self.busy_factor, self.busy_slack, self.pressure_weight = busy_factor, busy_slack, pressure_weight
         self.ranks: dict[str, _Rank] = {}
         self.sessions: OrderedDict[str, str] = OrderedDict()  # session -> rank it last went to
 
@@ -66,12 +70,15 @@ class PrefixIndex:
         """The rank is gone or restarting: its cache is empty."""
         self.ranks.pop(rank, None)
 
-    def order(self, p: Prompt, candidates: list[str], busy: dict[str, int]) -> list[str]:
-        """`candidates` (least loaded first) with the rank this request should go to moved to the front."""
+    def order(self, p: Prompt, candidates: list[str], busy: dict[str, int],
+              kv: dict[str, float] | None = None) -> list[str]:
+        """`candidates` (least loaded first) with the rank this request should go to moved to the front.
+        busy: requests in flight per rank; kv: share of each rank's KV blocks held (0 when unknown)."""
         if len(candidates) < 2:
             return candidates
-        least = min(busy.get(c, 0) for c in candidates)
-        ok = [c for c in candidates if busy.get(c, 0) <= BUSY_FACTOR * least + BUSY_SLACK]
+        load = {c: busy.get(c, 0) + self.pressure_weight * (kv or {}).get(c, 0.0) for c in candidates}
+        least = min(load.values())
+        ok = [c for c in candidates if load[c] <= self.busy_factor * least + self.busy_slack]
         score = {}
         for c in ok:
             r = self.ranks.get(c)

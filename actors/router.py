@@ -11,7 +11,7 @@ has not finished is running or waiting there, with no reporting lag), the rank's
 breaks ties (it also sees what our count cannot, e.g. a request we forgot after a router restart). Then
 prefix_index.py may move one rank to the front: the one holding the longest cached prefix of the prompt,
 else the session's rank, else for long prompts a multi-GPU rank, unless it is much busier than the least
-loaded (its docstring has the rule and thresholds). Refusals are answered at once with the status the
+loaded (its docstring has the rule; the profile's `routing` weights set its thresholds). Refusals are answered at once with the status the
 front should give: 503 when no rank can serve, 429 with the memory guard's Retry-After when memory pressure is
 critical on every rank that could (the guard's publication is kept here: no round trip per request).
 The in-flight table is what lets us forget a dead rank's requests; failing those streams is the front's
@@ -49,12 +49,13 @@ class Router(Actor):
         self.memory.setsockopt(zmq.SUBSCRIBE, b"")
         sockets.connect(self.memory, self.run_dir, "memory")
         self.pressure: dict[str, Any] = {"level": "ok", "ranks": {}}  # the memory guard's latest publication
+        self.kv_used: dict[str, float] = {}  # ... its share of KV blocks held per rank, for the prefix rule
         self.retry_after = int(self.cfg["memory"]["retry_after_s"])
         self.inflight: dict[str, str] = {}  # req_id -> rank
         self.routed_at: dict[str, float] = {}  # req_id -> when we sent it, for reconciling with load reports
         self.per_rank: dict[str, int] = {}
         self.reported: dict[str, dict[str, Any]] = {}  # rank -> its last load message
-        self.prefix = PrefixIndex()
+        self.prefix = PrefixIndex(**{k: float(v) for k, v in self.cfg["routing"].items()})  # the profile's weights
 
     def tasks(self) -> list[Awaitable[Any]]:
         return [
@@ -124,7 +125,8 @@ class Router(Actor):
         if span is not None:
             m.trace = {**m.trace, **tracing.traceparent(span)}  # the rank's spans hang under this one
         prompt = Prompt(m.body["prompt_ids"], m.body.get("session"))
-        for rank in self.prefix.order(prompt, [n for n in ranks if self.level(n) != "critical"], self.per_rank):
+        for rank in self.prefix.order(prompt, [n for n in ranks if self.level(n) != "critical"], self.per_rank,
+                                      self.kv_used):
             # ROUTER_MANDATORY makes a send to a rank that is not connected fail here instead of vanishing.
             if sockets.send_nowait(self.ranks, m, to=rank.encode()):
                 self.inflight[req_id] = rank
@@ -177,6 +179,8 @@ class Router(Actor):
 
     def _pressure(self, m: Message) -> None:
         self.pressure = m.body
+        self.kv_used = {n: float(r["kv_used_frac"]) for n, r in m.body["ranks"].items()
+                        if isinstance(r, dict) and isinstance(r.get("kv_used_frac"), (int, float))}
 
 
 if __name__ == "__main__":

@@ -54,7 +54,41 @@ def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None
     cfg["slo"] = slo_for(cfg)
     cfg["auth"]["api_key"] = cfg["auth"]["api_key"] or os.environ.get("GPTOSS_API_KEY") or None
     cfg["auth"]["admin_key"] = cfg["auth"]["admin_key"] or os.environ.get("GPTOSS_ADMIN_KEY") or None
+    check_keys(cfg["auth"]["keys"])
+    check_routing(cfg["routing"])
     return cfg
+
+
+def check_routing(routing: Any) -> None:
+    """routing: exactly busy_factor, busy_slack and pressure_weight, each a number >= 0."""
+    names = {"busy_factor", "busy_slack", "pressure_weight"}
+    if not isinstance(routing, dict) or set(routing) != names:
+        raise ValueError(f"routing must set exactly {sorted(names)}")
+    for name, v in routing.items():
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v < float("inf"):
+            raise ValueError(f"routing.{name} must be a number >= 0, not {v!r}")
+
+
+def check_keys(keys: Any) -> None:
+    """auth.keys: a list of {name, key, max_concurrent (optional, int >= 0)}, names and keys each unique.
+    Errors name the entry by index and name, never by key."""
+    if not isinstance(keys, list):
+        raise ValueError("auth.keys must be a list of {name, key, max_concurrent}")
+    names, seen = set(), set()
+    for i, k in enumerate(keys):
+        where = f"auth.keys[{i}]"
+        if not isinstance(k, dict) or set(k) - {"name", "key", "max_concurrent"}:
+            raise ValueError(f"{where} must be a mapping of name, key and max_concurrent only")
+        if not isinstance(k.get("name"), str) or not k["name"] or k["name"] in names:
+            raise ValueError(f"{where}: name must be a non-empty string, unique among the keys")
+        where = f"{where} ({k['name']})"
+        if not isinstance(k.get("key"), str) or len(k["key"]) < 8 or k["key"] in seen:
+            raise ValueError(f"{where}: key must be a string of at least 8 characters, unique among the keys")
+        limit = k.get("max_concurrent", 0)
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+            raise ValueError(f"{where}: max_concurrent must be an integer >= 0 (0: no limit)")
+        names.add(k["name"])
+        seen.add(k["key"])
 
 
 def slo_for(cfg: dict[str, Any]) -> dict[str, float]:

@@ -1,6 +1,6 @@
 """Every refusal over real HTTP, in OpenAI's error shape, with the status OpenAI clients expect:
-400 naming the field, 401 API key, 403 admin key, 404 model/route, 405 method, 413 body size; and the
-openai client raising the matching exception class.
+400 naming the field, 401 API key, 403 admin key, 404 model/route, 405 method, 413 body size, 429 an API key
+at its limit of requests in flight; and the openai client raising the matching exception class.
 """
 from __future__ import annotations
 
@@ -9,9 +9,11 @@ import json
 import httpx
 import openai
 import pytest
-from tree import Tree
+from tree import Tree, wait_for
 
 KEY, ADMIN = "api-secret", "admin-secret"
+LIMITED, OTHER = "key-limited-1", "key-other-2"  # auth.keys: at most one request in flight / no limit
+KEYS = [{"name": "limited", "key": LIMITED, "max_concurrent": 1}, {"name": "other", "key": OTHER}]
 M = "gpt-oss-tiny"
 USER = [{"role": "user", "content": "hi"}]
 TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
@@ -19,7 +21,7 @@ TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {"
 
 @pytest.fixture(scope="module")
 def tree():
-    t = Tree("--ranks", "1", "--api-key", KEY, "--admin-key", ADMIN).start(timeout=240)
+    t = Tree("--ranks", "1", "--api-key", KEY, "--admin-key", ADMIN, config={"auth": {"keys": KEYS}}).start(timeout=240)
     yield t
     assert t.stop() == 0
 
@@ -169,3 +171,27 @@ def test_openai_client_raises_bad_request_with_param(tree):
     with pytest.raises(openai.BadRequestError) as info:
         tree.client(api_key=KEY).chat.completions.create(model=M, messages=USER, temperature=5)
     assert info.value.body["param"] == "temperature"
+
+
+def test_an_api_key_at_its_limit_gets_429_before_the_stream_and_every_end_gives_its_slot_back(tree):
+    long = {"model": M, "prompt": "x", "max_tokens": 400, "ignore_eos": True, "stream": True}
+    auth = {"Authorization": f"Bearer {LIMITED}"}
+    with httpx.stream("POST", tree.url + "/v1/completions", json=long, headers=auth, timeout=30) as r:
+        assert r.status_code == 200 and next(r.iter_lines()).startswith("data: ")  # admitted, streaming
+        refused = post(tree, "/v1/completions", {"model": M, "prompt": "x", "max_tokens": 2}, key=LIMITED)
+        err = assert_error(refused, 429, "key_limit")
+        assert refused.headers["Retry-After"] == "1" and "limited" in err["message"] and LIMITED not in err["message"]
+        for key in (OTHER, KEY):  # other keys are not held back by it
+            assert post(tree, "/v1/completions", {"model": M, "prompt": "x", "max_tokens": 2}, key=key).status_code == 200
+    # the client went away mid-stream: its slot comes back (once the front notices, at its next write)
+    ok = {"model": M, "prompt": "x", "max_tokens": 2}
+    wait_for(lambda: post(tree, "/v1/completions", ok, key=LIMITED).status_code == 200, 10, "slot after disconnect")
+    assert post(tree, "/v1/completions", ok, key=LIMITED).status_code == 200  # after a finish too
+    assert_error(post(tree, "/v1/completions", {**ok, "n": 2}, key=LIMITED), 429, "key_limit")  # each choice counts
+    # a background response holds the slot until it ends; cancelling it gives it back
+    bg = post(tree, "/v1/responses", {"model": M, "input": "x", "background": True, "max_output_tokens": 2000,
+                                      "ignore_eos": True}, key=LIMITED).json()
+    assert_error(post(tree, "/v1/completions", ok, key=LIMITED), 429, "key_limit")
+    cancel = tree.post(f"/v1/responses/{bg['id']}/cancel", headers=auth)
+    assert cancel.status_code == 200 and cancel.json()["status"] == "cancelled"
+    assert post(tree, "/v1/completions", ok, key=LIMITED).status_code == 200

@@ -1,11 +1,14 @@
 """Memory guard, sessions, the durable response store and background responses, over one real tree.
 
-The tree runs with a small KV pool (2048 token positions = 128 blocks) and low KV thresholds (elevated 30%,
-critical 50%), so one long request puts its rank at critical. The store lives in a state directory the test
+The tree runs with a small KV pool (4096 token positions = 256 blocks) and low KV thresholds (elevated 20%,
+critical 30%), so one long request puts its rank at critical and still leaves free blocks for a while, so
+that the pool's LRU evicts nothing of what the tests check. The store lives in a state directory the test
 names, so the last test can stop the whole server and read the store back from a new one.
+Requests whose prefix-cache hits are checked sample at temperature 1 unseeded: never from the response cache.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -21,9 +24,10 @@ from gptoss.models.loader import load_tokenizer
 from gptoss.models.tiny import ensure_tiny
 
 M = "gpt-oss-tiny"
+IDLE_S = 4.0  # long enough that the session of the request that raised the pressure is not idle before it drops
 CONFIG = {
-    "engine": {"kv_cache_tokens": 2048},
-    "memory": {"kv": {"elevated": 0.3, "critical": 0.5}, "interval_s": 0.25, "session_idle_s": 0.5,
+    "engine": {"kv_cache_tokens": 4096},
+    "memory": {"kv": {"elevated": 0.2, "critical": 0.3}, "interval_s": 0.25, "session_idle_s": IDLE_S,
                "retry_after_s": 3},
 }
 
@@ -44,12 +48,28 @@ def stats(tree: Tree) -> dict:
     return tree.get("/memory_stats").json()
 
 
-def long_input(tokens: int) -> str:
-    """User text of about `tokens` tokens of the tiny tokenizer."""
+@functools.cache
+def long_input(tokens: int, words: str = "the quick brown fox jumps over a lazy dog ") -> str:
+    """Text of about `tokens` tokens of the tiny tokenizer."""
     tok = load_tokenizer(ensure_tiny())
-    words = "the quick brown fox jumps over a lazy dog "
     text = words * (tokens // len(tok.encode(words, add_special_tokens=False)) + 1)
     return tok.decode(tok.encode(text, add_special_tokens=False)[:tokens])
+
+
+def complete(tree: Tree, session: str, prompt: str) -> dict:
+    r = tree.post("/v1/completions", headers={"X-Session-ID": session},
+                  json={"model": M, "prompt": prompt, "max_tokens": 4})
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def cached(usage: dict) -> int:
+    return (usage.get("prompt_tokens_details") or usage["input_tokens_details"])["cached_tokens"]
+
+
+def idle_prompt() -> str:
+    return long_input(80, "alpha beta gamma delta epsilon zeta eta theta ")
+IDLE_SINCE: list[float] = []  # when the idle session's last request ended
 
 
 def poll(tree: Tree, response_id: str, until: tuple[str, ...], timeout: float = 60.0) -> dict:
@@ -58,6 +78,10 @@ def poll(tree: Tree, response_id: str, until: tuple[str, ...], timeout: float = 
 
 
 def test_memory_stats_show_ranks_host_and_sessions(tree):
+    # the session the pressure test finds idle: its prompt is cached on the rank (the repeat hits it)
+    assert cached(complete(tree, "idle-1", idle_prompt())["usage"]) == 0
+    assert cached(complete(tree, "idle-1", idle_prompt())["usage"]) >= 64
+    IDLE_SINCE.append(time.monotonic())
     r = tree.post("/v1/chat/completions", headers={"X-Session-ID": "conv-a"},
                   json={"model": M, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 6})
     assert r.status_code == 200
@@ -66,11 +90,11 @@ def test_memory_stats_show_ranks_host_and_sessions(tree):
                     "session in /memory_stats")
     assert body["memory_pressure"] == "ok" and body["host"]["total_bytes"] > 0
     rank = body["ranks"]["rank-0"]
-    assert rank["kv_blocks_total"] == 2048 // 16 and rank["level"] == "ok"
+    assert rank["kv_blocks_total"] == 4096 // 16 and rank["level"] == "ok"
     session = body["sessions"]["conv-a"]
     assert session["rank"] == "rank-0" and session["active"] == 0
     assert session["tokens"] == r.json()["usage"]["total_tokens"]
-    assert body["thresholds"]["kv"] == {"elevated": 0.3, "critical": 0.5}
+    assert body["thresholds"]["kv"] == {"elevated": 0.2, "critical": 0.3}
     # the active profile is shown in /health and the debug bundle
     assert tree.health()[1]["profile"] == "balanced" and tree.ctl("bundle")["profile"] == "balanced"
 
@@ -105,18 +129,20 @@ def test_background_response_is_polled_to_completion(tree):
 
 
 def test_critical_pressure_sheds_evicts_idle_sessions_and_cancel_frees_kv(tree):
-    # an idle session on rank-0 (its last request ended over session_idle_s ago)
-    assert tree.post("/v1/chat/completions", headers={"X-Session-ID": "idle-1"},
-                     json={"model": M, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}).status_code == 200
-    time.sleep(0.6)
-    # one long background response: ~1100 prompt tokens hold 69 full-attention blocks of 128, plus the sliding
-    # window's (54% and more > critical 50%); at most 1700 tokens, so the rank's whole cache can take it
-    big = tree.post("/v1/responses", json={"model": M, "input": long_input(1100), "background": True,
-                                           "max_output_tokens": 600, "ignore_eos": True}).json()
+    # the first test left session idle-1 on rank-0; it is idle once IDLE_S passed without a request
+    time.sleep(max(0.0, IDLE_SINCE[0] + IDLE_S + 0.1 - time.monotonic()))
+    # one long background response of session "busy": ~1225 prompt tokens hold 77 full-attention blocks of
+    # 256, plus the sliding window's (33% and more > critical 30%). While it runs its session is not idle.
+    busy = {"model": M, "input": long_input(1200), "prompt_cache_key": "busy"}
+    big = tree.post("/v1/responses", json={**busy, "background": True, "max_output_tokens": 600,
+                                           "ignore_eos": True}).json()
     s = wait_for(lambda: (s := stats(tree))["memory_pressure"] == "critical" and s, 30, "critical pressure")
-    assert s["ranks"]["rank-0"]["kv_used_frac"] >= 0.5
-    # elevated or worse: the idle session was handed to its rank for eviction
+    assert s["ranks"]["rank-0"]["kv_used_frac"] >= 0.3
+    # elevated or worse: the idle session was handed to its rank, which frees its cached prefix
     wait_for(lambda: stats(tree)["sessions"]["idle-1"]["evicted"], 5, "idle session evicted")
+    assert not stats(tree)["sessions"].get("busy", {}).get("evicted")
+    # its 5 full and 5 sliding blocks at least (conv-a's too, if no live session shares them)
+    wait_for(lambda: tree.ctl("bundle")["actors"]["rank-0"]["session_blocks_evicted"] >= 10, 10, "blocks freed")
     # critical: new work is refused before generation, with Retry-After from the config
     shed = tree.post("/v1/chat/completions", json={"model": M, "messages": [{"role": "user", "content": "hi"}],
                                                   "max_tokens": 4})
@@ -129,8 +155,10 @@ def test_critical_pressure_sheds_evicts_idle_sessions_and_cancel_frees_kv(tree):
     assert 0 < cancelled.json()["usage"]["output_tokens"] < 600
     wait_for(lambda: stats(tree)["ranks"]["rank-0"]["kv_blocks_used"] == 0, 10, "KV blocks freed")
     wait_for(lambda: stats(tree)["memory_pressure"] == "ok", 10, "pressure back to ok")
-    assert tree.post("/v1/chat/completions", json={"model": M, "messages": [{"role": "user", "content": "hi"}],
-                                                  "max_tokens": 4}).status_code == 200
+    # the evicted session's prefix is gone from the rank; the busy session's is still there
+    assert cached(complete(tree, "idle-1", idle_prompt())["usage"]) == 0
+    again = tree.post("/v1/responses", json={**busy, "max_output_tokens": 4}).json()
+    assert cached(again["usage"]) >= 1200
     # cancel is idempotent on an ended response; a response not made in the background cannot be cancelled
     assert tree.post(f"/v1/responses/{big['id']}/cancel").json()["status"] == "cancelled"
     plain = tree.post("/v1/responses", json={"model": M, "input": "hi", "max_output_tokens": 4}).json()

@@ -1,9 +1,11 @@
-"""The router's prefix index and rank choice (pure: no sockets): longest cached prefix, the busy threshold,
-session affinity, long prompts to a multi-GPU rank, evictions and bounds."""
+"""The router's prefix index and rank choice (pure: no sockets): longest cached prefix, the busy threshold
+(the profile's routing weights: two profiles route the same request differently), session affinity, long
+prompts to a multi-GPU rank, evictions and bounds."""
 from __future__ import annotations
 
-from gptoss.actors.prefix_index import BUSY_SLACK, LONG_PROMPT_TOKENS, PrefixIndex, Prompt
+from gptoss.actors.prefix_index import LONG_PROMPT_TOKENS, PrefixIndex, Prompt
 from gptoss.actors.rank.block_manager import block_hashes
+from gptoss.supervisor import config
 
 SEED = b"\x01" * 32
 BS = 16
@@ -14,8 +16,12 @@ def report(total: int = 1000, devices: int = 1, evicted: list[int] | None = None
             "evicted": evicted or []}
 
 
-def index(*ranks: str, **kw) -> PrefixIndex:
-    ix = PrefixIndex()
+def weights(profile: str = "balanced") -> dict[str, float]:
+    return config.defaults()["profiles"][profile]["routing"]
+
+
+def index(*ranks: str, profile: str = "balanced", **kw) -> PrefixIndex:
+    ix = PrefixIndex(**weights(profile))
     for r in ranks:
         ix.report(r, report(**kw))
     return ix
@@ -37,8 +43,27 @@ def test_a_much_busier_rank_loses_its_prefix_advantage():
     ix = index("a", "b")
     ix.routed("b", Prompt(SYSTEM, None))
     p = Prompt(SYSTEM + [5], None)
-    assert ix.order(p, ["a", "b"], {"a": 3, "b": 2 * 3 + BUSY_SLACK})[0] == "b"  # at the threshold: still b
-    assert ix.order(p, ["a", "b"], {"a": 3, "b": 2 * 3 + BUSY_SLACK + 1})[0] == "a"
+    w = weights()
+    at = w["busy_factor"] * 3 + w["busy_slack"]
+    assert ix.order(p, ["a", "b"], {"a": 3, "b": at})[0] == "b"  # at the threshold: still b
+    assert ix.order(p, ["a", "b"], {"a": 3, "b": at + 1})[0] == "a"
+    # KV pressure counts as load: b at the threshold with half its KV held is past it
+    assert ix.order(p, ["a", "b"], {"a": 3, "b": at}, {"b": 0.5})[0] == "a"
+    assert ix.order(p, ["a", "b"], {"a": 3, "b": at - w["pressure_weight"] * 0.5}, {"b": 0.5})[0] == "b"
+
+
+def test_two_profiles_route_the_same_request_differently():
+    """b holds the conversation's prefix and has 4 more requests in flight than a: latency_first balances
+    load (a), quality_first follows the cached prefix (b); with KV pressure on b, latency_first leaves it
+    sooner than balanced."""
+    p = Prompt(SYSTEM + [5], None)
+    picks = {}
+    for profile in ("latency_first", "balanced", "quality_first"):
+        ix = index("a", "b", profile=profile)
+        ix.routed("b", Prompt(SYSTEM, None))
+        picks[profile] = (ix.order(p, ["a", "b"], {"a": 2, "b": 6})[0],
+                          ix.order(p, ["a", "b"], {"a": 1, "b": 1}, {"b": 0.4})[0])
+    assert picks == {"latency_first": ("a", "a"), "balanced": ("b", "b"), "quality_first": ("b", "b")}
 
 
 def test_session_keeps_a_conversation_when_the_prefix_cannot_tell():
@@ -76,7 +101,7 @@ def test_evictions_and_bounds():
 
 
 def test_bad_reports_and_prompts_are_harmless():
-    ix = PrefixIndex()
+    ix = PrefixIndex(**weights())
     ix.report("a", {"prefix_seed": "not hex", "block_size": 16})
     ix.report("b", {"block_size": 16})
     assert ix.ranks == {}

@@ -19,11 +19,13 @@ def documented() -> dict[str, dict[str, str]]:
 
 def set_by(profile: str) -> dict[str, str]:
     p = config.defaults()["profiles"][profile]
-    kv, slo = p["memory"]["kv"], p["slo_by_model"]
+    kv, slo, r = p["memory"]["kv"], p["slo_by_model"], p["routing"]
     return {"engine.max_running": str(p["engine"]["max_running"]),
             "engine.max_batched_tokens": str(p["engine"]["max_batched_tokens"]),
             "reasoning_effort (default)": p["reasoning_effort"],
             "memory.kv elevated / critical": f"{kv['elevated']:.2f}/{kv['critical']:.2f}",
+            "routing busy_factor / busy_slack": f"{r['busy_factor']}/{r['busy_slack']}",
+            "routing pressure_weight": str(r["pressure_weight"]),
             "slo 20b: ttft_p95_s / e2e_s": f"{slo['20b']['ttft_p95_s']}/{slo['20b']['e2e_s']}",
             "slo 120b: ttft_p95_s / e2e_s": f"{slo['120b']['ttft_p95_s']}/{slo['120b']['e2e_s']}"}
 
@@ -34,7 +36,7 @@ def test_the_table_is_what_each_profile_sets():
         assert {k: v[name].replace(" ", "") for k, v in table.items()} == set_by(name), name
         # and nothing a profile sets is missing from the table
         p = config.defaults()["profiles"][name]
-        assert set(p) == {"engine", "reasoning_effort", "memory", "slo_by_model"}
+        assert set(p) == {"engine", "reasoning_effort", "memory", "routing", "slo_by_model"}
 
 
 def test_slo_follows_the_profile_and_the_model(monkeypatch):

@@ -115,7 +115,7 @@ def test_defaults_load(clean_env):
     assert cfg["profile"] == "balanced"
     assert cfg["http"]["host"] == "127.0.0.1" and cfg["http"]["port"] == 8000
     assert cfg["gpu"]["ranks"] == 1
-    assert cfg["auth"] == {"api_key": None, "admin_key": None}
+    assert cfg["auth"] == {"api_key": None, "admin_key": None, "keys": []}
     # the default profile (balanced) is applied
     assert cfg["reasoning_effort"] == "medium"
     assert cfg["engine"]["max_running"] == 64
@@ -217,7 +217,7 @@ def test_api_keys_come_from_the_environment_when_no_flag(clean_env):
     clean_env.setenv("GPTOSS_API_KEY", "env-key")
     clean_env.setenv("GPTOSS_ADMIN_KEY", "env-admin")
     cfg = config.load()
-    assert cfg["auth"] == {"api_key": "env-key", "admin_key": "env-admin"}
+    assert cfg["auth"] == {"api_key": "env-key", "admin_key": "env-admin", "keys": []}
     cfg = config.load(overrides={"auth": {"api_key": "flag-key"}})
     assert cfg["auth"]["api_key"] == "flag-key"  # the flag wins
     assert cfg["auth"]["admin_key"] == "env-admin"

@@ -20,6 +20,7 @@ from aiohttp import web
 from ...ipc import sockets, tracing
 from ...ipc.messages import Message
 from ..base import Actor
+from .api_keys import ApiKeys
 from .app import make_app
 from .metrics import TelemetryLink
 from .session import Sessions
@@ -63,6 +64,7 @@ class Front(Actor):
         self.session_uses = sockets.socket(self.ctx, zmq.PUSH)
         sockets.connect(self.session_uses, self.run_dir, "sessions")
         self.sessions = Sessions(int(self.cfg["memory"]["session_max_concurrent"]), self._session_use)
+        self.api_keys = ApiKeys()
         self.telemetry_link = TelemetryLink(self)
         self.stats = Window()
         http = self.cfg["http"]

@@ -1,8 +1,9 @@
 """The aiohttp application: routes, and the middlewares that give every failure OpenAI's error shape.
 
-Auth: with an API key set, /v1/* needs `Authorization: Bearer <key>` (constant-time compare). /admin/* needs
-the admin key and is refused outright when none is configured (the control socket is the way in then).
-Both keys are read from the front's config on every request, so a config reload changes them live.
+Auth: with API keys set (`auth.api_key`, `auth.keys`), /v1/* needs `Authorization: Bearer <key>` of one of
+them (api_keys.py, which also holds each key's limit on requests in flight). /admin/* needs the admin key
+(constant-time compare) and is refused outright when none is configured (the control socket is the way in then).
+Both are read from the front's config on every request, so a config reload changes them live.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from ..base import CommandRefused
+from . import api_keys
 from .chat import chat_completions
 from .completions import completions
 from . import observe
@@ -66,8 +68,8 @@ def make_app(front: "Front") -> web.Application:
                 raise APIError(403, "admin routes are disabled: no admin key is configured", "admin_disabled")
             if not _key_ok(request, auth["admin_key"]):
                 raise APIError(403, "a valid admin key is required", "invalid_admin_key")
-        elif path.startswith("/v1/") and auth["api_key"] and not _key_ok(request, auth["api_key"]):
-            raise APIError(401, "missing or invalid API key (Authorization: Bearer ...)", "invalid_api_key")
+        elif path.startswith("/v1/"):
+            api_keys.CURRENT.set(front.api_keys.check(auth, request.headers.get("Authorization", "")))
         return await handler(request)
 
     app = web.Application(middlewares=[observe.middleware(front), errors, guard], client_max_size=max_body)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import orjson
 from aiohttp import web
 
-from . import observe
+from . import api_keys, observe
 from .detok import Detokenizer
 from .errors import APIError
 from .harmony import Delta
@@ -114,6 +114,7 @@ class Choice:
     pending: Any = None  # its rank request, once submitted
     session: str | None = None  # session.session_id of the request; rides on the generate message
     counted: bool = False  # counted in front.sessions while submitted
+    key: api_keys.Key | None = None  # the API key it counts against while submitted
     parse_s: float = 0.0  # time spent parsing/detokenizing its tokens (its trace's parse span says it)
 
 
@@ -174,6 +175,14 @@ def submit(front: Front, choices: list[Choice]) -> None:
     """Send every choice to the router now, so that a refusal (503) comes before any response is started.
     Whoever submits must end with `release` (generate and collect do)."""
     observe.record_submit(choices)
+    key = api_keys.CURRENT.get()
+    try:
+        front.api_keys.take(key, len(choices))
+    except APIError as exc:
+        observe.record_error(exc.code)
+        raise
+    for c in choices:
+        c.key = key
     for c in choices:
         try:
             front.sessions.start(c.session, 1, len(c.prompt_ids))
@@ -188,6 +197,9 @@ def submit(front: Front, choices: list[Choice]) -> None:
 def release(front: Front, choices: list[Choice]) -> None:
     """Forget the choices' rank requests, aborting the unfinished ones (idempotent)."""
     for c in choices:
+        if c.key is not None:
+            front.api_keys.give_back(c.key)
+            c.key = None
         if c.pending is not None:
             front.streams.release(c.pending)
         if c.counted:

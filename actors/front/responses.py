@@ -179,9 +179,13 @@ async def create(request: web.Request) -> web.StreamResponse:
         yield final + [{"type": f"response.{status}", "response": done}]
 
     if background:
+        submit(front, [choice])  # a refusal (429/503) first: nothing is stored for a response that never runs
         queued = response("queued")
-        await store.put(queued, conversation)
-        submit(front, [choice])
+        try:
+            await store.put(queued, conversation)
+        except BaseException:
+            release(front, [choice])
+            raise
         job = Job(front, request.app[JOBS], response, conversation, choice)
         job.start(run())
         return await job.stream(request, -1) if body.get("stream") else web.json_response(queued)

@@ -174,9 +174,9 @@ def test_openai_client_raises_bad_request_with_param(tree):
 
 
 def test_an_api_key_at_its_limit_gets_429_before_the_stream_and_every_end_gives_its_slot_back(tree):
-    long = {"model": M, "prompt": "x", "max_tokens": 400, "ignore_eos": True, "stream": True}
+    long = {"model": M, "input": "x", "max_output_tokens": 2000, "ignore_eos": True, "stream": True}
     auth = {"Authorization": f"Bearer {LIMITED}"}
-    with httpx.stream("POST", tree.url + "/v1/completions", json=long, headers=auth, timeout=30) as r:
+    with httpx.stream("POST", tree.url + "/v1/responses", json=long, headers=auth, timeout=30) as r:
         assert r.status_code == 200 and next(r.iter_lines()).startswith("data: ")  # admitted, streaming
         refused = post(tree, "/v1/completions", {"model": M, "prompt": "x", "max_tokens": 2}, key=LIMITED)
         err = assert_error(refused, 429, "key_limit")

@@ -55,18 +55,7 @@ def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None
     cfg["auth"]["api_key"] = cfg["auth"]["api_key"] or os.environ.get("GPTOSS_API_KEY") or None
     cfg["auth"]["admin_key"] = cfg["auth"]["admin_key"] or os.environ.get("GPTOSS_ADMIN_KEY") or None
     check_keys(cfg["auth"]["keys"])
-    check_routing(cfg["routing"])
     return cfg
-
-
-def check_routing(routing: Any) -> None:
-    """routing: exactly busy_factor, busy_slack and pressure_weight, each a number >= 0."""
-    names = {"busy_factor", "busy_slack", "pressure_weight"}
-    if not isinstance(routing, dict) or set(routing) != names:
-        raise ValueError(f"routing must set exactly {sorted(names)}")
-    for name, v in routing.items():
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 <= v < float("inf"):
-            raise ValueError(f"routing.{name} must be a number >= 0, not {v!r}")
 
 
 def check_keys(keys: Any) -> None:

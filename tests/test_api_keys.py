@@ -1,12 +1,12 @@
 """API keys and their limits on requests in flight (pure parts; tests/test_api_validation.py has them over
-real HTTP): lookup by digest, 401, the limit, counts that survive a config reload, and config validation."""
+real HTTP): lookup by digest, 401, the limit, counts that survive a config reload, and the keys table's checks."""
 from __future__ import annotations
 
 import pytest
 
 from gptoss.actors.front.api_keys import ApiKeys
 from gptoss.actors.front.errors import APIError
-from gptoss.supervisor.config import check_keys, check_routing
+from gptoss.supervisor.config import check_keys
 
 AUTH = {"api_key": "single-key", "admin_key": None,
         "keys": [{"name": "team", "key": "team-key-1", "max_concurrent": 2}, {"name": "free", "key": "free-key-2"}]}
@@ -48,11 +48,3 @@ def test_bad_key_tables_are_refused_without_showing_a_key(bad):
     with pytest.raises(ValueError) as exc:
         check_keys(bad)
     assert "12345678" not in str(exc.value) and "87654321" not in str(exc.value)
-
-
-def test_routing_weights_are_checked():
-    check_routing({"busy_factor": 1, "busy_slack": 0, "pressure_weight": 2.5})
-    for bad in ({"busy_factor": 1}, {"busy_factor": -1, "busy_slack": 0, "pressure_weight": 0},
-                {"busy_factor": 1, "busy_slack": float("inf"), "pressure_weight": 0}):
-        with pytest.raises(ValueError):
-            check_routing(bad)

@@ -174,15 +174,17 @@ def test_openai_client_raises_bad_request_with_param(tree):
 
 
 def test_an_api_key_at_its_limit_gets_429_before_the_stream_and_every_end_gives_its_slot_back(tree):
-    long = {"model": M, "input": "x", "max_output_tokens": 2000, "ignore_eos": True, "stream": True}
+    long = {"model": M, "prompt": "x", "max_tokens": 2000, "ignore_eos": True, "stream": True}
     auth = {"Authorization": f"Bearer {LIMITED}"}
-    with httpx.stream("POST", tree.url + "/v1/responses", json=long, headers=auth, timeout=30) as r:
-        assert r.status_code == 200 and next(r.iter_lines()).startswith("data: ")  # admitted, streaming
+    with httpx.stream("POST", tree.url + "/v1/completions", json=long, headers=auth, timeout=30) as r:
+        lines = (line for line in r.iter_lines() if line)  # kept: a dropped iterator closes the stream
+        assert r.status_code == 200 and next(lines).startswith("data: ")  # admitted, streaming
         refused = post(tree, "/v1/completions", {"model": M, "prompt": "x", "max_tokens": 2}, key=LIMITED)
         err = assert_error(refused, 429, "key_limit")
         assert refused.headers["Retry-After"] == "1" and "limited" in err["message"] and LIMITED not in err["message"]
         for key in (OTHER, KEY):  # other keys are not held back by it
             assert post(tree, "/v1/completions", {"model": M, "prompt": "x", "max_tokens": 2}, key=key).status_code == 200
+        assert '"finish_reason":null' in next(lines)  # still streaming: the refusal was not a race with its end
     # the client went away mid-stream: its slot comes back (once the front notices, at its next write)
     ok = {"model": M, "prompt": "x", "max_tokens": 2}
     wait_for(lambda: post(tree, "/v1/completions", ok, key=LIMITED).status_code == 200, 10, "slot after disconnect")

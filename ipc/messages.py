@@ -55,7 +55,8 @@ SCHEMAS: dict[str, dict[str, tuple[type, ...]]] = {
     # top_p, top_k (int), seed, stop_token_ids, ignore_eos, frequency_penalty and presence_penalty (floats,
     # -2..2), logprobs (int 0..20 top alternatives per token, or None for no logprobs), logit_bias
     # ([[token_id, bias -100..100], ...]), grammar (Lark text, actors/rank/grammar.py). Optional `session`
-    # (str, absent when none): the request's session (actors/front/session.py), for affinity and accounting.
+    # (str, absent when none): the request's session (actors/front/session.py), for affinity, accounting and
+    # evicting its prefix on the rank (actors/rank/session_blocks.py).
     "generate": {"req_id": _STR, "prompt_ids": _LIST, "params": _MAP},
     "abort": {"req_id": _STR},
     # router -> front; a reject may carry `retry_after` (int seconds, the Retry-After to give)

@@ -69,7 +69,11 @@ def make_app(front: "Front") -> web.Application:
             if not _key_ok(request, auth["admin_key"]):
                 raise APIError(403, "a valid admin key is required", "invalid_admin_key")
         elif path.startswith("/v1/"):
-            api_keys.CURRENT.set(front.api_keys.check(auth, request.headers.get("Authorization", "")))
+            token = api_keys.CURRENT.set(front.api_keys.check(auth, request.headers.get("Authorization", "")))
+            try:
+                return await handler(request)
+            finally:
+                api_keys.CURRENT.reset(token)  # the connection's next request starts without it
         return await handler(request)
 
     app = web.Application(middlewares=[observe.middleware(front), errors, guard], client_max_size=max_body)

@@ -340,6 +340,35 @@ def test_reports_under_unknown_names_or_pids_get_no_row(tree):
     assert set(sources) <= set(tree.actors()) and len(sources) >= 5
 
 
+def test_load_reports_from_peers_that_are_not_ranks_get_no_row_in_the_router(tree):
+    """The router keys its per-rank tables (load reports, prefix index) by the socket identity it routes to,
+    and only for ranks in the supervisor's tree: DEALERs under invented identities cannot grow them."""
+    def unknown_peers() -> float:
+        s = _samples(tree.get("/metrics").text)
+        return s.get('gptoss_unknown_peer_total{actor="router",model="tiny",profile="balanced"}', 0.0)
+
+    before = unknown_peers()
+    ctx = zmq.Context()
+    names = [f"fuzz-rank-{os.urandom(6).hex()}" for _ in range(100)]
+    try:
+        for name in names:
+            dealer = ctx.socket(zmq.DEALER)
+            dealer.setsockopt(zmq.LINGER, 2000)
+            dealer.setsockopt(zmq.IDENTITY, name.encode())
+            dealer.connect(endpoints.endpoint(tree.run_dir, "ranks"))
+            dealer.send(messages.encode(messages.make(
+                "load", name, rank=name, running=0, waiting=0, draining=False, kv_blocks_used=0,
+                kv_blocks_total=1 << 20, tokens_per_s=0.0, requests=[])))
+            dealer.close()
+    finally:
+        ctx.term()
+    wait_for(lambda: unknown_peers() - before >= len(names), 10, "the router counted every load it refused")
+    bundle = tree.get("/admin/debug/bundle", headers={"Authorization": f"Bearer {ADMIN_KEY}"}).json()
+    router = bundle["actors"]["router"]
+    assert set(router["rank_reports"]) == {"rank-0"} and router["candidates"] == ["rank-0"]
+    chat(tree.client(api_key=API_KEY), "still served", max_tokens=2)
+
+
 def test_a_stopped_actors_heartbeat_age_grows(tree):
     """actor_heartbeat_age_seconds is the age of the supervisor's last pong: a SIGSTOPped actor answers no ping,
     so its age climbs past the ping interval (0.25 s here) while the others stay fresh, and falls back on SIGCONT."""

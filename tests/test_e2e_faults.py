@@ -25,12 +25,18 @@ from gptoss.ipc.messages import encode, make
 
 # Restarts of a rank on a busy 2-core box have taken 30-60 s; the module's tree also starts inside a test.
 pytestmark = pytest.mark.timeout(300)
+OOM_TOKENS = 1000
 
 
 @pytest.fixture(scope="module")
 def tree():
     # a generous re-dispatch bound: on a busy 2-core box a rank's restart alone has taken 30 s
-    t = Tree("--ranks", "1", config={"http": {"redispatch_timeout_s": 120}}).start()
+    # tests/oom/sitecustomize.py makes a forward with a prefill chunk of OOM_TOKENS or more raise a (simulated)
+    # CUDA out-of-memory inside the rank: only the last test sends such a prompt.
+    t = Tree("--ranks", "1", config={"http": {"redispatch_timeout_s": 120}},
+             env={"PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent / "oom"),
+                                                              os.environ.get("PYTHONPATH")])),
+                  "GPTOSS_TEST_OOM_TOKENS": str(OOM_TOKENS)}).start()
     yield t
     assert t.stop() == 0
 
@@ -375,3 +381,44 @@ def test_sdk_retries_turn_refusals_into_answers(tree):
         finally:
             await client.close()
     assert asyncio.run(main()) == ["length"] * 512
+
+
+def test_a_failed_engine_step_fails_its_batch_and_the_rank_serves_on(tree):
+    """A forward that raises inside the rank's step (a CUDA out-of-memory on a long prefill, simulated by
+    tests/oom/sitecustomize.py in the real rank process): the requests in that step fail with a clear error,
+    the stream that shared the step ends with an error event, the rank process lives on with its KV blocks
+    and slots back, and the next requests are served."""
+    tree.wait_health(200, timeout=90, pred=tree.all_ready)
+    pid = tree.pid("rank-0")
+    client = tree.client(timeout=120)
+    stream = client.chat.completions.create(
+        model="gpt-oss-tiny", messages=[{"role": "user", "content": "keep going"}], stream=True, max_tokens=3000,
+        extra_body={"ignore_eos": True})
+    chunks = iter(stream)
+    next(chunks)
+    long_prompt = " ".join(["lantern river stone"] * 500)  # past OOM_TOKENS, inside the 4,096-token context
+    tokenizer = load_tokenizer(Path(json.loads((tree.run_dir / "config.json").read_text())["model_path"]))
+    assert OOM_TOKENS + 200 < len(tokenizer.encode(long_prompt)) < 3800
+    with pytest.raises(openai.InternalServerError) as refused:
+        chat(client, long_prompt, max_tokens=4)
+    assert "generation failed" in str(refused.value)
+    with pytest.raises(openai.APIError) as broken:  # the running stream shared the failed step
+        for _ in chunks:
+            pass
+    assert "generation failed" in str(broken.value)
+    failed = [e for e in tree.log("rank-0") if e.get("event") == "step_failed"]
+    assert failed and "OutOfMemoryError" in json.dumps(failed[-1])
+
+    held: dict = {}
+
+    def freed() -> bool:
+        r = tree.ctl("bundle")["actors"]["rank-0"]
+        held.update({k: r.get(k) for k in ("running", "waiting", "kv_blocks_used", "requests")})
+        return r["running"] == 0 and r["waiting"] == 0 and r["kv_blocks_used"] == 0 and not r["requests"]
+    try:
+        wait_for(freed, 30, "rank-0 to give back the failed step's KV blocks and slots")
+    finally:
+        print("rank-0 after the failed step:", held)
+    assert tree.pid("rank-0") == pid, "a failed step must not cost the rank process"
+    answers = [chat(client, f"after the failed step {i}", max_tokens=8) for i in range(3)]
+    assert all(a.choices[0].finish_reason in ("stop", "length") for a in answers)

@@ -237,7 +237,8 @@ def test_failed_step_does_not_leak(model):
     eng.add("a", [1, 2, 3], greedy(5))
     eng.add("b", [1, 2, 3], greedy(5))
     eng.step()
-    eng.running.clear()  # what the rank actor does after a failed step (it fails those requests itself)
+    assert {r.id for r in eng.drop_running()} == {"a", "b"}  # the rank actor, after a failed step
+    assert eng.load()["kv_blocks_used"] == 0 and len(eng.free_slots) == 2  # given back at once, not next step
     eng.add("c", [4, 5], greedy(3))
     eng.add("d", [4, 5], greedy(3))
     assert {k: len(v) for k, v in drain(eng).items()} == {"c": 3, "d": 3}

@@ -203,11 +203,10 @@ class Rank(Actor):
             except Exception:
                 # A forward that raises (e.g. CUDA OOM) fails the batch it held, not the process ...
                 log.exception("engine step failed", extra={"event": "step_failed"})
-                for r in list(self.engine.running):
+                for r in self.engine.drop_running():
                     self._fail(r.id, 500, "generation failed on this rank", "engine_error")
                     self.owned.discard(r.id)
                     self.timings.forget(r.id)
-                self.engine.running.clear()
                 if self.group is not None:  # ... unless the group is out of step: restart it (see above)
                     for req_id in self.owned:
                         self._fail(req_id, 503, "this rank's tensor group is restarting; retry", "rank_restarting")

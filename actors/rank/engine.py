@@ -68,10 +68,13 @@ class Engine:
         self.tokens_total = 0
         self.steps_total = 0
 
-    # The scheduler's queues, as the rank actor sees them (it drops `running` after a failed step).
+    # The scheduler's queues, as the rank actor sees them.
     @property
     def running(self) -> list[Request]:
         return self.scheduler.running
+
+    def drop_running(self) -> list[Request]:
+        return self.scheduler.drop_running()
 
     @property
     def free_slots(self) -> list[int]:

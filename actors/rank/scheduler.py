@@ -124,11 +124,19 @@ class Scheduler:
         self.waiting.appendleft(r)
         self.preemptions_total += 1
 
-    def _reclaim(self) -> None:
-        """Someone (the actor, after a failed step) dropped running requests: take back what they held."""
-        held = {r.slot for r in self.running}
-        self.free_slots = [s for s in range(self.max_running - 1, -1, -1) if s not in held]
-        self.blocks.reclaim([t for r in self.running for t in (r.blocks, r.sw)])
+    def drop_running(self) -> list[Request]:
+        """Take every running request out after a failed step (the caller fails them). The step may have
+        stopped anywhere, so what they held is recounted rather than released one by one: every slot and
+        every block nobody else holds comes back now, and an idle rank reports its cache free (memory
+        pressure read from a stale count would shed work that could run)."""
+        with self.lock:
+            dropped, self.running = self.running, []
+            self.free_slots = list(range(self.max_running - 1, -1, -1))
+            self.blocks.reclaim([])
+            for r in dropped:  # what they registered in earlier steps stays cached, and theirs to evict
+                if r.session is not None and r.registered:
+                    self.sessions.record(r.session, r.hashes[:r.registered])
+        return dropped
 
     def schedule(self, outputs: list[Output]) -> Batch:
         """Handle aborts (their outputs go to `outputs`), grow or preempt running requests, admit waiting
@@ -146,8 +154,6 @@ class Scheduler:
                 evicts, self._evicts = self._evicts, []
                 for session in evicts:
                     self.session_blocks_evicted += self.blocks.forget(self.sessions.take(session))
-            if len(self.free_slots) + len(self.running) != self.max_running:
-                self._reclaim()
             decodes: list[tuple[Request, int]] = []
             chunks: list[tuple[Request, int]] = []
             admitted: list[Request] = []

@@ -1,5 +1,7 @@
 """The tree's own lifecycle, each test on a fresh tree: graceful stop, supervisor death, escalation,
-and systemd notifications over a real NOTIFY_SOCKET (SIGHUP reload: tests/test_reload.py)."""
+and systemd notifications over a real NOTIFY_SOCKET (SIGHUP reload: tests/test_reload.py). The first two
+trees share a state directory: a response stored before the graceful stop is read back by the next server
+(the durable store across a full restart; tests/test_e2e_memory.py has it across a kill -9 of the front)."""
 from __future__ import annotations
 
 import os
@@ -9,13 +11,25 @@ import tempfile
 import threading
 from pathlib import Path
 
+import httpx
 import psutil
+import pytest
 from tree import Tree, chat, wait_for
 
+STORED: dict[str, dict] = {}  # what the graceful-stop test stored, for the next server to read back
 
-def test_sigterm_lets_streams_finish_and_refuses_new_requests():
-    tree = Tree().start()
+
+@pytest.fixture(scope="module")
+def state_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("state")
+
+
+def test_sigterm_lets_streams_finish_and_refuses_new_requests(state_dir):
+    tree = Tree(config={"paths": {"state_dir": str(state_dir)}}).start()
     client = tree.client()
+    r = tree.post("/v1/responses", json={"model": "gpt-oss-tiny", "input": "before restart", "max_output_tokens": 8})
+    assert r.status_code == 200
+    STORED["response"] = r.json()
     finishes: list[str] = []
     first_chunk = threading.Event()
 
@@ -52,8 +66,13 @@ def test_sigterm_lets_streams_finish_and_refuses_new_requests():
     tree.stop()
 
 
-def test_kill_9_supervisor_leaves_no_orphans():
-    tree = Tree("--ranks", "2").start()
+def test_kill_9_supervisor_leaves_no_orphans(state_dir):
+    tree = Tree("--ranks", "2", config={"paths": {"state_dir": str(state_dir)}}).start()
+    # a full restart on the same state directory: what the stopped server stored is served, and can be deleted
+    stored = STORED["response"]
+    assert tree.get(f"/v1/responses/{stored['id']}").json() == stored
+    assert httpx.delete(tree.url + f"/v1/responses/{stored['id']}", timeout=10).status_code == 200
+    assert tree.get(f"/v1/responses/{stored['id']}").status_code == 404
     children = tree.actor_processes()
     assert len(children) == 7
     tree.proc.kill()

@@ -11,9 +11,10 @@ has not finished is running or waiting there, with no reporting lag), the rank's
 breaks ties (it also sees what our count cannot, e.g. a request we forgot after a router restart). Then
 prefix_index.py may move one rank to the front: the one holding the longest cached prefix of the prompt,
 else the session's rank, else for long prompts a multi-GPU rank, unless it is much busier than the least
-loaded (its docstring has the rule; the profile's `routing` weights set its thresholds). Refusals are answered at once with the status the
-front should give: 503 when no rank can serve, 429 with the memory guard's Retry-After when memory pressure is
-critical on every rank that could (the guard's publication is kept here: no round trip per request).
+loaded (its docstring has the rule; the profile's `routing` weights set its thresholds). Refusals are
+answered at once with the status the front should give: 503 when no rank can serve, 429 with the memory
+guard's Retry-After when memory pressure is critical on every rank that could (the guard's publication is
+kept here: no round trip per request).
 The in-flight table is what lets us forget a dead rank's requests; failing those streams is the front's
 job (it watches the same tree state), so a router restart loses nothing that is already on a rank.
 """

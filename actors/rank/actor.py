@@ -101,7 +101,8 @@ class Rank(Actor):
         return {"rank": self.args.rank, "device": self.device, **self.load(),
                 "tokens_total": self.engine.tokens_total, "steps_total": self.engine.steps_total,
                 "preemptions_total": self.engine.preemptions_total,
-                "session_blocks_evicted": self.engine.scheduler.session_blocks_evicted, "kv_block_size": self.engine.blocks.block_size,
+                "session_blocks_evicted": self.engine.scheduler.session_blocks_evicted,
+                "kv_block_size": self.engine.blocks.block_size,
                 "requests": sorted(self.owned)[:100]}
 
     def on_tree(self, tree: dict[str, Any]) -> None:

@@ -22,8 +22,8 @@ Evicting an idle session's prefix (the memory guard names it, the rank actor pas
 happens at the start of the next step, like an abort: the blocks its requests registered (session_blocks.py)
 that no request holds and no other live session shares are freed (BlockManager.forget).
 
-`add`/`abort`/`evict_sessions` come from the rank actor's loop thread, `schedule`/`postprocess` from the step thread: the
-queues they share are guarded by `lock`.
+`add`/`abort`/`evict_sessions` come from the rank actor's loop thread, `schedule`/`postprocess` from the
+step thread: the queues they share are guarded by `lock`.
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ from .request import Output, Request
 from .sampling import SamplingParams, TokenLogprobs
 from .session_blocks import SessionBlocks
 
-MAX_SESSION_HASHES = 1 << 17  # per rank, whatever its pool: a few MB of keys at most
+MAX_SESSION_HASHES = 1 << 17  # per rank, whatever its pool: ~25 MB of table at most (keys and entries)
 
 
 class QueueFull(Exception):

@@ -422,3 +422,32 @@ def test_a_failed_engine_step_fails_its_batch_and_the_rank_serves_on(tree):
     assert tree.pid("rank-0") == pid, "a failed step must not cost the rank process"
     answers = [chat(client, f"after the failed step {i}", max_tokens=8) for i in range(3)]
     assert all(a.choices[0].finish_reason in ("stop", "length") for a in answers)
+
+
+def test_a_request_the_router_does_not_acknowledge_is_resent_and_answered_once(tree):
+    """The router stopped (SIGSTOP) while a request is sent: past ROUTE_ACK_S without a `routed` the front
+    holds it, aborts the first placement and re-sends it under a fresh id; once the router runs again the
+    client gets one answer, and the rank is left holding nothing of the abandoned placement."""
+    tree.wait_health(200, timeout=90, pred=tree.all_ready)
+    counters = lambda: tree.ctl("bundle")["actors"]["front"]["counters"]
+    held = counters().get("requests_held_total", 0)
+    router = tree.pid("router")
+    answers: list = []
+    os.kill(router, signal.SIGSTOP)
+    try:
+        asker = threading.Thread(target=lambda: answers.append(chat(tree.client(timeout=60), "unacknowledged",
+                                                                     max_tokens=8)))
+        asker.start()
+        # past ROUTE_ACK_S (2 s), inside the test tree's 3 s heartbeat timeout, so the router is normally only
+        # paused; on a slow box the supervisor may replace it instead, and the re-send must answer all the same
+        time.sleep(2.4)
+    finally:
+        os.kill(router, signal.SIGCONT)
+    asker.join(60)
+    assert len(answers) == 1 and answers[0].choices[0].finish_reason in ("stop", "length")
+    assert counters().get("requests_held_total", 0) > held  # held for want of an acknowledgement, then re-sent
+
+    def idle() -> bool:
+        r = tree.ctl("bundle")["actors"]["rank-0"]
+        return r["running"] == 0 and r["waiting"] == 0 and r["kv_blocks_used"] == 0 and not r["requests"]
+    wait_for(idle, 30, "rank-0 to hold nothing of the abandoned placement")

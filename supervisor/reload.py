@@ -8,8 +8,9 @@
    drain it, let its in-flight requests finish (bounded), restart it, wait until it is ready within its start
    timeout. Skipped when every changed key is one only the front and the cache read (RANKS_IGNORE: rotating
    a key must not reload a 120b model on every GPU); a reload that changes nothing rolls them (the operator's
-   way to restart ranks on the same config, e.g. after replacing a checkpoint's files in place). The first rank that exits or overstays stops the roll, and that rank and every one already rolled
-   are restarted on the old config (rollback), so a bad checkpoint costs one rank for a while, never the tree.
+   way to restart ranks on the same config, e.g. after replacing a checkpoint's files in place). The first
+   rank that exits or overstays stops the roll, and that rank and every one already rolled are restarted on
+   the old config (rollback), so a bad checkpoint costs one rank for a while, never the tree.
 3. Only once every rank serves the new config is it the tree's: written as run_dir/config.json (what any
    later start reads) and sent to the front and the cache (`config_update`), which apply what can change live
    (keys, timeouts, limits, model identity) and answer with the keys they applied. http.host and http.port

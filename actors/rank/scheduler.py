@@ -12,10 +12,10 @@ KV blocks (block_manager.py) are taken on admission and as a request grows, and 
 finishes, is aborted or is preempted; sliding-window blocks also as they fall out of the window. With
 prefix caching, an admitted request first takes the cached blocks of its longest cached prefix and starts
 computing after it; a chunk that does not fit the free blocks is shortened to what fits. After each step
-the blocks it completed are registered, so later requests (and this one, if preempted) find them. When a decoding request needs a block and none is free, the newest
-running request is preempted by recompute (vLLM V1 / nano-vllm): its blocks and slot are freed and it goes
-back to the FRONT of the waiting queue with the tokens it generated; readmitted, it prefills prompt +
-generated tokens again and continues. Its sampling generator is untouched, so a seeded request gives the
+the blocks it completed are registered, so later requests (and this one, if preempted) find them. When a
+decoding request needs a block and none is free, the newest running request is preempted by recompute
+(vLLM V1 / nano-vllm): its blocks and slot are freed and it goes back to the FRONT of the waiting queue
+with the tokens it generated; readmitted, it prefills prompt + generated tokens again and continues. Its sampling generator is untouched, so a seeded request gives the
 same tokens whether or not it was preempted. A request that could not fit even alone is refused at add().
 
 Evicting an idle session's prefix (the memory guard names it, the rank actor passes it to `evict_sessions`)

@@ -122,7 +122,8 @@ def _span_ok(s: Any) -> bool:
     return (isinstance(s, list) and len(s) == SPAN_FIELDS and isinstance(s[0], str) and isinstance(s[1], str)
             and len(s[1]) == 32 and isinstance(s[2], str) and len(s[2]) == 16
             and (s[3] is None or (isinstance(s[3], str) and len(s[3]) == 16))
-            and isinstance(s[4], int) and isinstance(s[5], int) and s[6] in (0, 1, 2, 3, 4) and isinstance(s[7], dict) and isinstance(s[8], list)
+            and isinstance(s[4], int) and isinstance(s[5], int) and s[6] in (0, 1, 2, 3, 4)
+            and isinstance(s[7], dict) and isinstance(s[8], list)
             and s[9] in (0, 1, 2) and _hex(s[1]) and _hex(s[2]))
 
 

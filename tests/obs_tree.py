@@ -22,10 +22,8 @@ def otlp_receiver():
 
 @pytest.fixture(scope="session")
 def obs_tree(otlp_receiver):
-    t = Tree("--ranks", "1",
-             config={"logging": {"levels": {"rank": "debug"}}, "telemetry": {"sample_ratio": SAMPLE_RATIO}},
-             env={"GPTOSS_API_KEY": API_KEY, "GPTOSS_ADMIN_KEY": ADMIN_KEY,
-                  "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{otlp_receiver.grpc_port}",
-                  "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_SERVICE_NAME": "gptoss-e2e"}).start()
-    yield t
-    assert t.stop() == 0
+    yield from Tree("--ranks", "1",
+                    config={"logging": {"levels": {"rank": "debug"}}, "telemetry": {"sample_ratio": SAMPLE_RATIO}},
+                    env={"GPTOSS_API_KEY": API_KEY, "GPTOSS_ADMIN_KEY": ADMIN_KEY,
+                         "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{otlp_receiver.grpc_port}",
+                         "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_SERVICE_NAME": "gptoss-e2e"}).running()

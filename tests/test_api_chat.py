@@ -12,10 +12,9 @@ import json
 
 import httpx
 import pytest
-from tree import Tree, wait_for
+from tree import ADMIN, AUTH, Tree, wait_for
 
 M = "gpt-oss-tiny"
-ADMIN = "admin-secret"
 EOS = {"ignore_eos": True}  # vLLM-style extension: fixed-length generations
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Gets the current weather for a city.",
@@ -30,9 +29,7 @@ trained = pytest.mark.skipif(importlib.util.find_spec("gptoss.models.tiny_train"
 
 @pytest.fixture(scope="module")
 def tree():
-    t = Tree("--ranks", "1", "--admin-key", ADMIN).start(timeout=240)
-    yield t
-    assert t.stop() == 0
+    yield from Tree("--ranks", "1", "--admin-key", ADMIN).running(timeout=240)
 
 
 @pytest.fixture(scope="module")
@@ -177,10 +174,9 @@ def test_tool_choice_none_offers_no_tools(client):
 
 
 def test_disconnect_mid_stream_aborts_every_choice(tree):
-    auth = {"Authorization": f"Bearer {ADMIN}"}
 
     def generated() -> int:
-        return tree.get("/admin/debug/bundle", headers=auth).json()["actors"]["rank-0"]["tokens_total"]
+        return tree.get("/admin/debug/bundle", headers=AUTH).json()["actors"]["rank-0"]["tokens_total"]
 
     before = generated()
     with httpx.stream("POST", tree.url + "/v1/chat/completions", timeout=30, json={
@@ -190,7 +186,7 @@ def test_disconnect_mid_stream_aborts_every_choice(tree):
                 break
 
     def idle() -> bool:
-        state = tree.get("/admin/debug/bundle", headers=auth).json()["actors"]
+        state = tree.get("/admin/debug/bundle", headers=AUTH).json()["actors"]
         return state["front"]["inflight"] == 0 and state["rank-0"]["running"] == 0
 
     wait_for(idle, 30, "the abort of both choices to free the rank")  # generous: CI machines may be busy

@@ -13,9 +13,7 @@ EOS = {"ignore_eos": True}  # vLLM-style extension: fixed-length generations
 
 @pytest.fixture(scope="module")
 def tree():
-    t = Tree("--ranks", "1").start(timeout=240)  # generous: CI machines may be busy
-    yield t
-    assert t.stop() == 0
+    yield from Tree("--ranks", "1").running(timeout=240)  # generous: CI machines may be busy
 
 
 @pytest.fixture(scope="module")

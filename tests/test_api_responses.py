@@ -14,9 +14,7 @@ WEATHER = {"type": "function", "name": "get_weather", "description": "Current we
 
 @pytest.fixture(scope="module")
 def tree():
-    t = Tree(config={"engine": {"default_max_tokens": 96}}).start()
-    yield t
-    assert t.stop() == 0
+    yield from Tree(config={"engine": {"default_max_tokens": 96}}).running()
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ import json
 import httpx
 import openai
 import pytest
-from tree import Tree, wait_for
+from tree import ADMIN, AUTH, Tree, wait_for
 
-KEY, ADMIN = "api-secret", "admin-secret"
+KEY = "api-secret"
 LIMITED, OTHER = "key-limited-1", "key-other-2"  # auth.keys: at most one request in flight / no limit
 KEYS = [{"name": "limited", "key": LIMITED, "max_concurrent": 1}, {"name": "other", "key": OTHER}]
 M = "gpt-oss-tiny"
@@ -21,9 +21,8 @@ TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {"
 
 @pytest.fixture(scope="module")
 def tree():
-    t = Tree("--ranks", "1", "--api-key", KEY, "--admin-key", ADMIN, config={"auth": {"keys": KEYS}}).start(timeout=240)
-    yield t
-    assert t.stop() == 0
+    yield from Tree("--ranks", "1", "--api-key", KEY, "--admin-key", ADMIN,
+                    config={"auth": {"keys": KEYS}}).running(timeout=240)
 
 
 def post(tree, path: str, body, key: str | None = KEY) -> httpx.Response:
@@ -164,7 +163,7 @@ def test_api_key_401(tree):
 def test_admin_key_403(tree):
     assert_error(tree.get("/admin/actors"), 403)
     assert_error(tree.get("/admin/actors", headers={"Authorization": f"Bearer {KEY}"}), 403)  # API key is not enough
-    assert tree.get("/admin/actors", headers={"Authorization": f"Bearer {ADMIN}"}).status_code == 200
+    assert tree.get("/admin/actors", headers=AUTH).status_code == 200
 
 
 def test_openai_client_raises_bad_request_with_param(tree):

@@ -30,9 +30,7 @@ class Forecast(BaseModel):
 
 @pytest.fixture(scope="module")
 def tree():
-    t = Tree("--ranks", "1").start(timeout=240)
-    yield t
-    assert t.stop() == 0
+    yield from Tree("--ranks", "1").running(timeout=240)
 
 
 def clean(text: str) -> bool:

@@ -33,12 +33,10 @@ def tree():
     # a generous re-dispatch bound: on a busy 2-core box a rank's restart alone has taken 30 s
     # tests/oom/sitecustomize.py makes a forward with a prefill chunk of OOM_TOKENS or more raise a (simulated)
     # CUDA out-of-memory inside the rank: only the last test sends such a prompt.
-    t = Tree("--ranks", "1", config={"http": {"redispatch_timeout_s": 120}},
-             env={"PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent / "oom"),
-                                                              os.environ.get("PYTHONPATH")])),
-                  "GPTOSS_TEST_OOM_TOKENS": str(OOM_TOKENS)}).start()
-    yield t
-    assert t.stop() == 0
+    yield from Tree("--ranks", "1", config={"http": {"redispatch_timeout_s": 120}},
+                    env={"PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent / "oom"),
+                                                                     os.environ.get("PYTHONPATH")])),
+                         "GPTOSS_TEST_OOM_TOKENS": str(OOM_TOKENS)}).running()
 
 
 def recovered(tree: Tree, name: str, old_pid: int, timeout: float = 90.0) -> None:

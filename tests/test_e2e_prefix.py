@@ -3,17 +3,12 @@ tests left in a shared tree's caches cannot blur the counts), the official opena
 from __future__ import annotations
 
 import pytest
-from tree import Tree
-
-ADMIN = "admin-secret"
-AUTH = {"Authorization": f"Bearer {ADMIN}"}
+from tree import ADMIN, AUTH, Tree
 
 
 @pytest.fixture(scope="module")
 def tree():
-    t = Tree("--ranks", "2", "--admin-key", ADMIN).start()
-    yield t
-    assert t.stop() == 0
+    yield from Tree("--ranks", "2", "--admin-key", ADMIN).running()
 
 
 def test_shared_prefix_is_routed_to_one_rank_and_reused(tree):

@@ -7,17 +7,12 @@ import json
 import httpx
 import openai
 import pytest
-from tree import Tree, chat, wait_for
-
-ADMIN = "admin-secret"
-AUTH = {"Authorization": f"Bearer {ADMIN}"}
+from tree import ADMIN, AUTH, Tree, chat, wait_for
 
 
 @pytest.fixture(scope="module")
 def tree():
-    t = Tree("--ranks", "2", "--admin-key", ADMIN).start()
-    yield t
-    assert t.stop() == 0
+    yield from Tree("--ranks", "2", "--admin-key", ADMIN).running()
 
 
 def test_one_process_per_actor(tree):

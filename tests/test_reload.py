@@ -28,9 +28,7 @@ CONFIG = {"auth": {"api_key": "key-one", "admin_key": ADMIN}}
 
 @pytest.fixture(scope="module")
 def tree():
-    t = Tree("--ranks", "2", config=CONFIG).start(timeout=240)
-    yield t
-    assert t.stop() == 0
+    yield from Tree("--ranks", "2", config=CONFIG).running(timeout=240)
 
 
 def ctl(tree: Tree, *args: str, timeout: float = 240) -> tuple[int, dict[str, Any]]:

@@ -71,9 +71,7 @@ ENDPOINTS = {"/v1/chat/completions": (chat_params.CompletionCreateParamsBase, CH
 
 @pytest.fixture(scope="module")
 def tree():
-    t = Tree("--ranks", "1").start(timeout=240)
-    yield t
-    assert t.stop() == 0
+    yield from Tree("--ranks", "1").running(timeout=240)
 
 
 @pytest.fixture(scope="module")

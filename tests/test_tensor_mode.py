@@ -129,9 +129,8 @@ def test_each_layers_pools_live_on_that_layers_device():
 @pytest.fixture(scope="module")
 def tensor_tree():
     # No GPU here: the group runs on CPU workers over gloo, which rank_layout allows for exactly this.
-    t = Tree("--gpu-mode", "tensor", "--ranks", "2", env={"CUDA_VISIBLE_DEVICES": ""}).start(timeout=180)
-    yield t
-    assert t.stop() == 0  # the leader tells its follower it stops: both exit cleanly
+    # At the end the leader tells its follower it stops: both exit cleanly.
+    yield from Tree("--gpu-mode", "tensor", "--ranks", "2", env={"CUDA_VISIBLE_DEVICES": ""}).running(timeout=180)
 
 
 def test_tensor_tree_serves_with_one_routable_rank(tensor_tree):

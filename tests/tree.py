@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import httpx
 import openai
@@ -28,6 +28,10 @@ TEST_CONFIG: dict[str, Any] = {
     "http": {"token_idle_timeout_s": 20.0},
     "engine": {"default_max_tokens": 32},
 }
+
+# The admin key of the trees whose tests use the admin routes, and the header that presents it.
+ADMIN = "admin-secret"
+AUTH = {"Authorization": f"Bearer {ADMIN}"}
 
 
 def merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -81,6 +85,12 @@ class Tree:
             self.stop()  # a tree that failed to start must not outlive the test that started it
             raise
         return self
+
+    def running(self, timeout: float = 90.0) -> Iterator["Tree"]:
+        """A module fixture's body (`yield from Tree(...).running()`): start, hand the tree over, and stop it
+        at the end, which must be clean (exit 0)."""
+        yield self.start(timeout)
+        assert self.stop() == 0
 
     @property
     def url(self) -> str:

@@ -1,18 +1,23 @@
-"""Telemetry overhead: the same serving load against a tree with telemetry fully on and one with it off.
+"""Telemetry overhead: the same serving load against trees with telemetry off, fully on, and as shipped.
 
-On: per-request histograms, trace spans in every process, tail sampling at 100% and OTLP export over gRPC
-to a local receiver (the tests' real one, decoding every span). Off: `telemetry.enabled: false` (no spans,
-no request histograms; counters, gauges and logs are the same in both). Both trees run side by side, idle
-while the other is measured; rounds alternate which goes first, so drift on a shared machine hits both alike.
-Besides tokens/s and TTFT, each run records the CPU time the whole tree (supervisor and every actor) spent
-per generated token, per actor. On a busy shared machine both swing by tens of percent between identical runs
-(wall clock more), so neither resolves a 1% cost there; a quiet machine with many rounds can.
+Three trees side by side, idle while another is measured, the order rotating every round so drift on a shared
+machine hits all alike:
+- off: `telemetry.enabled: false` (no spans, no request histograms; counters, gauges and logs are the same);
+- on: per-request histograms, trace spans in every process, tail sampling at 100% and OTLP export over gRPC
+  to a local receiver (the tests' real one, decoding every span) running in a process of its own: inside
+  this client's process its decoding would take the GIL from the client's loop and read as server cost;
+- default: the shipped configuration (telemetry on, 3% sampling, no exporter since no OTEL_* is set).
+Per run: tokens/s and TTFT p50 as the client sees them, and the CPU time per generated token of every process
+of the tree (supervisor and each actor), and of the receiver on its own. Besides the medians of each variant,
+the per-round ratios to that round's "off" run, whose median cancels the drift that moves both.
 Each round also runs bench/telemetry_cost.py's in-process measure of what "on" adds (the same code, without
-the serving work), divided by that round's "off" tree CPU per token: a share that the load swings of a shared
-machine move far less, since numerator and denominator are measured under the same load.
+the serving work), divided by that round's "off" tree CPU per token: numerator and denominator under the
+same machine load.
+On a 2-core machine every busy process (the client, the receiver, the telemetry actor's export) competes
+with rank-0 for a core: wall-clock numbers include that, CPU per token does not.
 Prints one JSON line per round and variant, then the medians and the relative cost.
 
-    python bench/telemetry_bench.py --rounds 5 --concurrency 32 --tokens 64
+    python bench/telemetry_bench.py --rounds 7 --concurrency 32 --tokens 512
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ import os
 import platform
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,17 +39,19 @@ import yaml
 from serve_bench import run, start_server
 from telemetry_cost import measure
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from otlp_receiver import Receiver  # noqa: E402 - the tests' OTLP receiver, a real gRPC TraceService
-
-
+RECEIVER = Path(__file__).resolve().parent.parent / "tests" / "otlp_receiver.py"
 COST_REQUESTS = 100  # telemetry_cost requests per variant and round
-SETTLE_S = 4.0  # a push (1 s) + the sampler's grace (2 s) + its decision tick (0.5 s), with room
+# after a run, its spans are pushed (1 s), decided (the sampler's 2 s grace + its 0.5 s tick), encoded and
+# sent: wait for that, the same in every variant, so the export's CPU counts in the run that caused it
+SETTLE_S = 5.0
+VARIANTS = ("off", "on", "default")
+SAMPLE_RATIO = {"on": 1.0, "default": 0.03}
 
 
-def _config(enabled: bool) -> str:
+def _config(variant: str) -> str:
     path = Path(tempfile.mkdtemp(prefix="tb", dir="/tmp")) / "config.yaml"
-    path.write_text(yaml.safe_dump({"telemetry": {"enabled": enabled, "sample_ratio": 1.0}}))
+    telemetry = {"enabled": False} if variant == "off" else {"enabled": True, "sample_ratio": SAMPLE_RATIO[variant]}
+    path.write_text(yaml.safe_dump({"telemetry": telemetry}))
     return str(path)
 
 
@@ -62,68 +70,96 @@ def tree_cpu_s(pid: int) -> dict[str, float]:
     return out
 
 
+def cpu_s(proc: psutil.Process) -> float:
+    t = proc.cpu_times()
+    return t.user + t.system
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--concurrency", type=int, default=32)
-    p.add_argument("--tokens", type=int, default=64)
+    p.add_argument("--tokens", type=int, default=512)
     args = p.parse_args()
-    receiver = Receiver()
-    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.grpc_port}", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}
-    servers = {"on": start_server(1, _config(True), env), "off": start_server(1, _config(False))}
-    rows: dict[str, list[dict]] = {"on": [], "off": []}
-    shares: list[dict[str, float]] = []
+    receiver = subprocess.Popen([sys.executable, str(RECEIVER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                text=True)
+    ports = json.loads(receiver.stdout.readline())
+    receiver_ps = psutil.Process(receiver.pid)
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{ports['grpc_port']}", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}
+    servers = {v: start_server(1, _config(v), env if v == "on" else None) for v in VARIANTS}
+    rows: dict[str, list[dict]] = {v: [] for v in VARIANTS}
+    shares: dict[str, list[dict[str, float]]] = {"on": [], "default": []}
     try:
         for i in range(args.rounds):
-            for variant in (("on", "off") if i % 2 == 0 else ("off", "on")):
+            order = VARIANTS[i % 3:] + VARIANTS[:i % 3]
+            for variant in order:
                 proc, url, _ = servers[variant]
-                before = tree_cpu_s(proc.pid)
+                before, before_rx = tree_cpu_s(proc.pid), cpu_s(receiver_ps)
                 r = asyncio.run(run(url, "gpt-oss-tiny", args.concurrency, args.tokens, True))
-                # the spans of this run are decided (grace) and exported after its last token: wait for that,
-                # the same in both variants, so the exporter's CPU counts where it belongs
                 time.sleep(SETTLE_S)
-                # the warm-up request inside run() is counted too: the same in both variants
+                # the warm-up request inside run() is counted too: the same in every variant
                 per = {k: round((v - before.get(k, 0.0)) * 1000 / r["output_tokens"], 4)
                        for k, v in tree_cpu_s(proc.pid).items()}
                 r.update(bench="telemetry", variant=variant, round=i, cpu_ms_per_token=round(sum(per.values()), 4),
-                         cpu_ms_per_token_by_actor=per)
+                         cpu_ms_per_token_by_actor=per,
+                         receiver_cpu_ms_per_token=round((cpu_s(receiver_ps) - before_rx) * 1000 / r["output_tokens"], 4))
                 rows[variant].append(r)
                 print(json.dumps(r), flush=True)
-            # telemetry_cost's in-process measure of what "on" adds, in this same round, over this round's
-            # "off" tree CPU per token: numerator and denominator under the same machine load
-            cost = {v: measure(v == "on", COST_REQUESTS, args.tokens, 1.0)
-                    for v in (("on", "off") if i % 2 == 0 else ("off", "on"))}
+            # telemetry_cost's in-process measure of what "on" (and "default") adds, in this same round, over
+            # this round's "off" tree CPU per token: numerator and denominator under the same machine load
             off_tree = rows["off"][-1]["cpu_ms_per_token"]
-            shares.append({part: (cost["on"][k] - cost["off"][k]) * 1000 / args.tokens / off_tree
-                           for k, part in enumerate(("serving_actors", "telemetry_actor"))})
-            print(json.dumps({"round": i, "cost_share_of_tree_cpu": shares[-1]}), flush=True)
+            for variant, ratio in SAMPLE_RATIO.items():
+                cost = {on: measure(on, COST_REQUESTS, args.tokens, ratio) for on in ((True, False) if i % 2 else (False, True))}
+                shares[variant].append({part: (cost[True][k] - cost[False][k]) * 1000 / args.tokens / off_tree
+                                        for k, part in enumerate(("serving_actors", "telemetry_actor"))})
+            print(json.dumps({"round": i, "cost_share_of_tree_cpu": {v: sh[-1] for v, sh in shares.items()}}), flush=True)
     finally:
         for proc, _, _ in servers.values():
             proc.send_signal(signal.SIGTERM)
         for proc, _, _ in servers.values():
             proc.wait(60)
-        receiver.stop()
-    med = {v: {k: statistics.median(r[k] for r in rows[v]) for k in ("tokens_per_s", "ttft_p50_s", "cpu_ms_per_token")}
-           for v in rows}
+        received, _ = receiver.communicate(timeout=30)  # closing its stdin ends it; it prints what it got
+    summary = summarize(rows, shares, args)
+    summary["receiver"] = json.loads(received)
+    print(json.dumps(summary))
+    report(summary)
+
+
+def summarize(rows: dict[str, list[dict]], shares: dict[str, list[dict[str, float]]], args) -> dict:
+    keys = ("tokens_per_s", "ttft_p50_s", "cpu_ms_per_token", "receiver_cpu_ms_per_token")
+    med = {v: {k: statistics.median(r[k] for r in rows[v]) for k in keys} for v in rows}
     for v in rows:
         med[v]["by_actor"] = {a: round(statistics.median(r["cpu_ms_per_token_by_actor"].get(a, 0.0) for r in rows[v]), 4)
                               for a in rows[v][0]["cpu_ms_per_token_by_actor"]}
-    summary = {"bench": "telemetry_overhead", "rounds": args.rounds, "concurrency": args.concurrency,
-               "tokens_per_request": args.tokens, "median": med,
-               "tokens_per_s_loss": round(1 - med["on"]["tokens_per_s"] / med["off"]["tokens_per_s"], 4),
-               "ttft_p50_increase": round(med["on"]["ttft_p50_s"] / med["off"]["ttft_p50_s"] - 1, 4),
-               "cpu_per_token_increase": round(med["on"]["cpu_ms_per_token"] / med["off"]["cpu_ms_per_token"] - 1, 4),
-               "cost_share_of_tree_cpu": {part: round(statistics.median(sh[part] for sh in shares), 4)
-                                          for part in ("serving_actors", "telemetry_actor")},
-               "spans_received": len(receiver.spans),
-               "machine": f"{platform.machine()} {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d")}
-    print(json.dumps(summary))
-    print(f"{'variant':>8} {'tok/s (median)':>15} {'ttft p50 (median)':>18} {'CPU ms/token (median)':>22}")
-    for v in ("off", "on"):
-        print(f"{v:>8} {med[v]['tokens_per_s']:>15} {med[v]['ttft_p50_s']:>18} {med[v]['cpu_ms_per_token']:>22}")
-    print(f"tokens/s loss {summary['tokens_per_s_loss']:+.2%}, TTFT p50 increase {summary['ttft_p50_increase']:+.2%}, "
-          f"CPU per token {summary['cpu_per_token_increase']:+.2%}; in-process cost of 'on' (median of rounds): "
-          + ", ".join(f"{k} {v:+.2%}" for k, v in summary["cost_share_of_tree_cpu"].items()) + " of the tree's CPU")
+    out = {"bench": "telemetry_overhead", "rounds": args.rounds, "concurrency": args.concurrency,
+           "tokens_per_request": args.tokens, "median": med,
+           "machine": f"{platform.machine()} {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d")}
+    for v in ("on", "default"):
+        out[v] = {
+            # of the variants' medians (what the target names), and the median of each round's ratio to its "off"
+            "tokens_per_s_loss": round(1 - med[v]["tokens_per_s"] / med["off"]["tokens_per_s"], 4),
+            "ttft_p50_increase": round(med[v]["ttft_p50_s"] / med["off"]["ttft_p50_s"] - 1, 4),
+            "cpu_per_token_increase": round(med[v]["cpu_ms_per_token"] / med["off"]["cpu_ms_per_token"] - 1, 4),
+            "paired": {k: round(statistics.median(r[k] / o[k] - 1 for r, o in zip(rows[v], rows["off"])), 4)
+                       for k in ("tokens_per_s", "ttft_p50_s", "cpu_ms_per_token")},
+            "cost_share_of_tree_cpu": {part: round(statistics.median(sh[part] for sh in shares[v]), 4)
+                                       for part in ("serving_actors", "telemetry_actor")}}
+    return out
+
+
+def report(summary: dict) -> None:
+    med = summary["median"]
+    print(f"{'variant':>8} {'tok/s':>9} {'ttft p50':>9} {'tree CPU ms/tok':>16} {'receiver CPU ms/tok':>20}")
+    for v in VARIANTS:
+        print(f"{v:>8} {med[v]['tokens_per_s']:>9} {med[v]['ttft_p50_s']:>9} {med[v]['cpu_ms_per_token']:>16} "
+              f"{med[v]['receiver_cpu_ms_per_token']:>20}")
+    for v in ("on", "default"):
+        s = summary[v]
+        print(f"{v} vs off: tokens/s loss {s['tokens_per_s_loss']:+.2%}, TTFT p50 {s['ttft_p50_increase']:+.2%}, "
+              f"tree CPU/token {s['cpu_per_token_increase']:+.2%}; paired per round: tokens/s "
+              f"{s['paired']['tokens_per_s']:+.2%}, TTFT p50 {s['paired']['ttft_p50_s']:+.2%}; in-process cost: "
+              + ", ".join(f"{k} {x:+.2%}" for k, x in s["cost_share_of_tree_cpu"].items()))
+    print(f"receiver: {summary['receiver']}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,15 @@
 """A real OTLP trace receiver for the tests: a gRPC TraceService server and an HTTP handler for
-POST /v1/traces, both decoding opentelemetry-proto's ExportTraceServiceRequest, collecting the spans."""
+POST /v1/traces, both decoding opentelemetry-proto's ExportTraceServiceRequest, collecting the spans.
+
+Tests run it in their own process (`Receiver()`). Run as a program (`python tests/otlp_receiver.py`) it is a
+process of its own, for bench/telemetry_bench.py: decoding every span takes the GIL, which inside a
+benchmark's client would slow the client's own loop and read as the server's cost. It prints
+`{"grpc_port": .., "http_port": ..}` once listening, and `{"spans": .., "requests": {..}}` when stdin closes.
+"""
 from __future__ import annotations
 
+import json
+import sys
 import threading
 from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -83,3 +91,12 @@ def _value(v: Any) -> Any:
     if kind == "array_value":
         return [_value(x) for x in v.array_value.values]
     return getattr(v, kind) if kind else None
+
+
+if __name__ == "__main__":
+    r = Receiver()
+    print(json.dumps({"grpc_port": r.grpc_port, "http_port": r.http_port}), flush=True)
+    sys.stdin.read()  # until the parent closes our stdin (or exits)
+    r.stop()
+    with r.lock:
+        print(json.dumps({"spans": len(r.spans), "requests": r.requests}), flush=True)

@@ -11,6 +11,7 @@ import pytest
 from gptoss.actors.front import streams as streams_mod
 from gptoss.actors.front.errors import APIError
 from gptoss.actors.front.streams import Streams
+from gptoss.ipc import tracing
 
 READY = {"router": {"kind": "router", "state": "ready", "pid": 10},
          "rank-0": {"kind": "rank", "state": "ready", "pid": 20}}
@@ -150,3 +151,24 @@ async def test_the_router_not_acknowledging_is_resent_under_a_fresh_id(monkeypat
     s.on_routed(p.id, "rank-0")
     s.on_accepted(p.id)
     await s.admitted([p])
+
+
+async def test_a_resent_request_keeps_its_trace_context_and_request_id():
+    """The re-send runs in the tick loop's task, not the HTTP request's: it must still carry the request's
+    trace context and id, or the router's and rank's spans and log lines of a re-dispatched request lose them."""
+    sent: list[dict] = []
+    s = Streams(lambda *_: not sent.append(tracing.inject()), lambda _: None, 600.0, 20.0, 30.0)
+    s.on_tree(READY)
+    tracing.setup(True)
+    try:
+        with tracing.tracer.start_as_current_span("POST /v1/chat/completions"):
+            token = tracing.request_id.set("req-kept")
+            p = s.submit([1], {})
+            tracing.request_id.reset(token)
+        s.on_tree(_tree(router={"kind": "router", "state": "ready", "pid": 11}))  # the router restarted
+        await asyncio.sleep(streams_mod.RETRY_TICK_S)
+        s.tick()
+    finally:
+        tracing.setup(False)
+    assert len(sent) == 2 and sent[0]["rid"] == "req-kept" and sent[0]["traceparent"].count("-") == 3
+    assert sent[1] == sent[0], "the re-send carries the same trace context and request id"

@@ -140,7 +140,7 @@ class Front(Actor):
     # ---- router and ranks ------------------------------------------------------------------------------
     def _send_generate(self, req_id: str, prompt_ids: list[int], params: dict[str, Any], session: str | None) -> bool:
         extra = {} if session is None else {"session": session}
-        # called in the HTTP request's task: its trace context and request id go along in the envelope
+        # runs in the HTTP request's context (a re-send from Streams too): its trace context and request id go along
         m = self.msg("generate", req_id=req_id, prompt_ids=prompt_ids, params=params, **extra)
         m.trace = tracing.inject()
         return sockets.send_nowait(self.router, m)

@@ -22,6 +22,7 @@ request ends before the rank finished it.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -57,6 +58,9 @@ class Pending:
     held_since: float | None = None  # monotonic time it was first held (never reset: the bound is total)
     next_try: float = 0.0
     why_held: str = ""
+    # the submitting HTTP request's context (its trace span and request id): a re-send from the tick loop runs
+    # in it, so the router's and rank's spans and log lines of a re-dispatched request still carry them
+    context: contextvars.Context = field(default_factory=contextvars.copy_context)
 
 
 class Streams:
@@ -85,7 +89,7 @@ class Streams:
 
     def _send(self, p: Pending) -> bool:
         p.router_pid = self.actors.get("router", {}).get("pid")
-        if not self._send_generate(p.id, p.prompt_ids, p.params, p.session):
+        if not p.context.run(self._send_generate, p.id, p.prompt_ids, p.params, p.session):
             return False
         p.sent_at = time.monotonic()
         return True

@@ -2,15 +2,19 @@
 exported over OTLP (gRPC and http/protobuf) to a real receiver that decodes opentelemetry-proto."""
 from __future__ import annotations
 
+import json
 import os
 import signal
+import tempfile
 import time
+from types import SimpleNamespace
 
 import openai
 import pytest
 from obs_tree import ADMIN_KEY, API_KEY, SAMPLE_RATIO
 from tree import chat, wait_for
 
+from gptoss.actors.telemetry.actor import Telemetry
 from gptoss.actors.telemetry.export import QUEUE_BATCHES, ExportWorker, exporter_from_env
 from gptoss.actors.telemetry.sampling import TailSampler
 
@@ -202,3 +206,24 @@ def test_debug_bundle_has_the_observability_state_slowest_and_errored_requests_a
     assert "actor_up{" in b["actors"]["telemetry"]["metrics"]
     assert any('"request.routed"' in line for line in b["logs"]["router"])
     assert b["logs"]["supervisor"] and API_KEY not in str(b)
+
+
+async def test_a_graceful_stop_exports_the_traces_still_in_their_grace_period(receiver, monkeypatch, tmp_path):
+    """The last requests before a stop are inside the sampler's grace period when telemetry stops: they must be
+    decided and exported then, not dropped with the process."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{receiver.grpc_port}")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    run_dir = tempfile.mkdtemp(prefix="tt", dir="/tmp")  # an ipc:// path must fit in sun_path
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"slo": {"ttft_p95_s": 7.0, "e2e_s": 20.0}, "telemetry": {"sample_ratio": 0.0}}))
+    telemetry = Telemetry(SimpleNamespace(name="telemetry", run_dir=run_dir, config=str(config)))
+    await telemetry.setup()
+    tid = _tid(9)
+    # an errored trace (always kept) whose root just arrived: not due for another grace period
+    telemetry.sampler.add([_span(tid, "1" * 16, None, status=2), _span(tid, "2" * 16, "1" * 16, actor="rank-0")],
+                          time.monotonic())
+    telemetry._flush()
+    assert tid in {s[1] for t in telemetry.sampler.pending.values() for s in t.spans}, "still in its grace period"
+    await telemetry.cleanup()
+    telemetry.ctx.destroy(linger=0)
+    assert len(receiver.traces().get(tid, [])) == 2, "exported at the stop, not dropped"

@@ -17,7 +17,15 @@ load. Per measurement: tokens/s and TTFT p50 (over the measured batches' streams
 and the CPU time per generated token over the same window of every process of the tree (supervisor and each
 actor), of the receiver, and of this client.
 Results: the medians of each variant (what issue 8's target names) and the median of each round's ratio to
-its "off" (which cancels drift that moves a whole round).
+its "off" (which cancels drift that moves a whole round). On a shared VM the machine's speed itself moves
+between runs: rank-0's CPU per token, for the very same work in every variant, ranged 0.25-0.47 ms in one
+quiet run, and tokens/s with it. Two measures are free of that speed, since rank-0 (one torch thread) does
+identical work in every variant:
+- `rank0_busy`: tokens/s x rank-0's CPU seconds per token, the share of a core rank-0 computed. tokens/s is
+  rank0_busy / rank-0's CPU per token; the divisor is the machine's speed, so telemetry slowing serving (the
+  rank waiting on the front, or preempted) can only show in rank0_busy;
+- `others_per_rank`: the tree's CPU per token besides rank-0's, over rank-0's: telemetry's extra CPU in units
+  of the rank's own work; (on - off) x rank-0 / tree is its share of the tree's CPU.
 Each round also runs bench/telemetry_cost.py's in-process measure of what "on" and "default" add (the same
 code, without the serving work), over that round's "off" tree CPU per token.
 On a 2-core machine rank-0 holds one core (its torch thread) and everything else (front, client, receiver,
@@ -95,9 +103,11 @@ async def steady(url: str, concurrency: int, tokens: int, batches: int, pids: tu
     total = sum(r["tokens"] for r in results)
     per = {k: round((v - tree0.get(k, 0.0)) * 1000 / total, 4) for k, v in tree_cpu_s(tree_pid).items()}
     await client.close()
-    return {"output_tokens": total, "wall_s": round(wall, 3), "tokens_per_s": round(total / wall, 1),
+    tree_ms, rank_ms = sum(per.values()), per["rank-0"]
+    return {"rank0_busy": round(total / wall * rank_ms / 1000, 4), "others_per_rank": round((tree_ms - rank_ms) / rank_ms, 4),
+            "output_tokens": total, "wall_s": round(wall, 3), "tokens_per_s": round(total / wall, 1),
             "ttft_p50_s": round(statistics.median(r["ttft"] for r in results), 4),
-            "cpu_ms_per_token": round(sum(per.values()), 4), "cpu_ms_per_token_by_actor": per,
+            "cpu_ms_per_token": round(tree_ms, 4), "cpu_ms_per_token_by_actor": per,
             "receiver_cpu_ms_per_token": round((cpu_s(receiver) - rx0) * 1000 / total, 4),
             "client_cpu_ms_per_token": round((cpu_s(me) - me0) * 1000 / total, 4)}
 
@@ -146,7 +156,8 @@ def main() -> None:
 
 
 def summarize(rows: dict[str, list[dict]], shares: dict[str, list[dict[str, float]]], args, batches: int) -> dict:
-    keys = ("tokens_per_s", "ttft_p50_s", "cpu_ms_per_token", "receiver_cpu_ms_per_token", "client_cpu_ms_per_token")
+    keys = ("tokens_per_s", "ttft_p50_s", "cpu_ms_per_token", "receiver_cpu_ms_per_token", "client_cpu_ms_per_token",
+            "rank0_busy", "others_per_rank")
     med = {v: {k: statistics.median(r[k] for r in rows[v]) for k in keys} for v in rows}
     for v in rows:
         med[v]["by_actor"] = {a: round(statistics.median(r["cpu_ms_per_token_by_actor"].get(a, 0.0) for r in rows[v]), 4)
@@ -161,7 +172,11 @@ def summarize(rows: dict[str, list[dict]], shares: dict[str, list[dict[str, floa
             "ttft_p50_increase": round(med[v]["ttft_p50_s"] / med["off"]["ttft_p50_s"] - 1, 4),
             "cpu_per_token_increase": round(med[v]["cpu_ms_per_token"] / med["off"]["cpu_ms_per_token"] - 1, 4),
             "paired": {k: round(statistics.median(r[k] / o[k] - 1 for r, o in zip(rows[v], rows["off"])), 4)
-                       for k in ("tokens_per_s", "ttft_p50_s", "cpu_ms_per_token")},
+                       for k in ("tokens_per_s", "ttft_p50_s", "cpu_ms_per_token", "rank0_busy")},
+            # telemetry's extra CPU as a share of the tree's, in units of rank-0's identical work (speed-free)
+            "cpu_share_speed_free": round(statistics.median(
+                (r["others_per_rank"] - o["others_per_rank"]) * r["cpu_ms_per_token_by_actor"]["rank-0"] / r["cpu_ms_per_token"]
+                for r, o in zip(rows[v], rows["off"])), 4),
             "cost_share_of_tree_cpu": {part: round(statistics.median(sh[part] for sh in shares[v]), 4)
                                        for part in ("serving_actors", "telemetry_actor")}}
     return out
@@ -169,16 +184,18 @@ def summarize(rows: dict[str, list[dict]], shares: dict[str, list[dict[str, floa
 
 def report(summary: dict) -> None:
     med = summary["median"]
-    print(f"{'variant':>8} {'tok/s':>9} {'ttft p50':>9} {'tree CPU ms/tok':>16} {'receiver':>9} {'client':>7}")
+    print(f"{'variant':>8} {'tok/s':>9} {'ttft p50':>9} {'tree CPU ms/tok':>16} {'receiver':>9} {'client':>7} "
+          f"{'rank0 busy':>10}")
     for v in VARIANTS:
         m = med[v]
         print(f"{v:>8} {m['tokens_per_s']:>9} {m['ttft_p50_s']:>9} {m['cpu_ms_per_token']:>16} "
-              f"{m['receiver_cpu_ms_per_token']:>9} {m['client_cpu_ms_per_token']:>7}")
+              f"{m['receiver_cpu_ms_per_token']:>9} {m['client_cpu_ms_per_token']:>7} {m['rank0_busy']:>10}")
     for v in ("on", "default"):
         s = summary[v]
         print(f"{v} vs off: tokens/s loss {s['tokens_per_s_loss']:+.2%}, TTFT p50 {s['ttft_p50_increase']:+.2%}, "
               f"tree CPU/token {s['cpu_per_token_increase']:+.2%}; paired per round: tokens/s "
-              f"{s['paired']['tokens_per_s']:+.2%}, TTFT p50 {s['paired']['ttft_p50_s']:+.2%}; in-process cost: "
+              f"{s['paired']['tokens_per_s']:+.2%}, TTFT p50 {s['paired']['ttft_p50_s']:+.2%}, rank-0 busy "
+              f"{s['paired']['rank0_busy']:+.2%}; speed-free CPU share {s['cpu_share_speed_free']:+.2%}; in-process cost: "
               + ", ".join(f"{k} {x:+.2%}" for k, x in s["cost_share_of_tree_cpu"].items()))
     print(f"receiver: {summary['receiver']}")
 

@@ -16,6 +16,7 @@ from aiohttp import web
 
 from ..base import CommandRefused
 from . import api_keys
+from .appkey import FRONT
 from .chat import chat_completions
 from .completions import completions
 from . import observe
@@ -78,7 +79,7 @@ def make_app(front: "Front") -> web.Application:
 
     app = web.Application(middlewares=[observe.middleware(front), errors, guard], client_max_size=max_body)
     app.on_response_prepare.append(observe.add_request_id)
-    app["front"] = front
+    app[FRONT] = front
 
     async def models(request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [

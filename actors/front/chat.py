@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 from jinja2 import TemplateError
 
+from .appkey import FRONT
 from . import logprobs as lp
 from . import observe, structured
 from .errors import APIError
@@ -159,7 +160,7 @@ def _finish(reason: str | None, legacy: bool) -> str | None:
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    front: Front = request.app["front"]
+    front: Front = request.app[FRONT]
     if not front.accepting():
         raise APIError(503, "server is shutting down", "shutting_down")
     body = await front.offload(parse_body, front, await request.read(), CHAT)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from .appkey import FRONT
 from . import logprobs as lp
 from . import observe
 from .errors import APIError
@@ -52,7 +53,7 @@ def _prompts(front: Front, prompts: list[str | list[int]]) -> list[list[int]]:
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
-    front: Front = request.app["front"]
+    front: Front = request.app[FRONT]
     if not front.accepting():
         raise APIError(503, "server is shutting down", "shutting_down")
     body = await front.offload(parse_body, front, await request.read(), COMPLETIONS)

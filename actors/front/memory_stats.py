@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from .appkey import FRONT
+
 if TYPE_CHECKING:
     from .actor import Front
 
@@ -18,7 +20,7 @@ STALE_S = 10.0
 
 
 async def memory_stats(request: web.Request) -> web.Response:
-    front: Front = request.app["front"]
+    front: Front = request.app[FRONT]
     p = front.pressure
     age = time.time() - p["time"] if p else None
     fresh = age is not None and age < STALE_S

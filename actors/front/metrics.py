@@ -16,6 +16,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from ...ipc import sockets
 from ..telemetry import exposition
+from .appkey import FRONT
 
 if TYPE_CHECKING:
     from .actor import Front
@@ -43,7 +44,7 @@ class TelemetryLink:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    front: Front = request.app["front"]
+    front: Front = request.app[FRONT]
     rep = await front.telemetry_link.scrape()
     text = rep["text"] if rep is not None else \
         exposition.render(front.tree.get("actors", {}), None, exposition.const_labels(front.cfg), time.time())

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from .appkey import FRONT
 from . import logprobs as lp
 from . import observe, params
 from .background import Job
@@ -115,7 +116,7 @@ def _usage(prompt_tokens: int, choice: Choice) -> dict[str, Any]:
 
 
 async def create(request: web.Request) -> web.StreamResponse:
-    front: Front = request.app["front"]
+    front: Front = request.app[FRONT]
     store: ResponseStore = request.app[STORE]
     if not front.accepting():
         raise APIError(503, "server is shutting down", "shutting_down")

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from ...ipc import instruments
+from .appkey import FRONT
 
 if TYPE_CHECKING:
     from .actor import Front
@@ -79,7 +80,7 @@ def _rate(hits: float, misses: float) -> float | None:
 async def stats(request: web.Request) -> web.Response:
     from ..telemetry.actor import slo
 
-    front: Front = request.app["front"]
+    front: Front = request.app[FRONT]
     ttft, e2e = slo(front.cfg)
     rep = await front.telemetry_link.scrape()
     body: dict[str, Any] = {"time": time.time(), "window_s": WINDOW_S, "model": front.model_id,

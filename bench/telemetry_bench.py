@@ -73,16 +73,16 @@ def tree_cpu_s(pid: int) -> dict[str, float]:
     out = {}
     for p in [top, *top.children(recursive=True)]:
         try:
-            cmd = p.cmdline()
-            t = p.cpu_times()
+            cmd, used = p.cmdline(), cpu_s(p)
         except psutil.NoSuchProcess:
             continue
         name = cmd[cmd.index("--name") + 1] if "--name" in cmd else "supervisor"
-        out[name] = out.get(name, 0.0) + t.user + t.system
+        out[name] = out.get(name, 0.0) + used
     return out
 
 
 def cpu_s(proc: psutil.Process) -> float:
+    """User + system CPU seconds of one process."""
     t = proc.cpu_times()
     return t.user + t.system
 
@@ -125,12 +125,13 @@ def main() -> None:
                                 text=True)
     ports = json.loads(receiver.stdout.readline())
     env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{ports['grpc_port']}", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}
+    configs = {v: _config(v) for v in VARIANTS}  # one file per variant, read by each round's fresh tree
     rows: dict[str, list[dict]] = {v: [] for v in VARIANTS}
     shares: dict[str, list[dict[str, float]]] = {"on": [], "default": []}
     try:
         for i in range(args.rounds):
             for variant in VARIANTS[i % 3:] + VARIANTS[:i % 3]:
-                proc, url, _ = start_server(1, _config(variant), env if variant == "on" else None)
+                proc, url, _ = start_server(1, configs[variant], env if variant == "on" else None)
                 try:
                     r = asyncio.run(steady(url, args.concurrency, args.tokens, batches, (proc.pid, receiver.pid)))
                 finally:

@@ -174,7 +174,6 @@ def test_tool_choice_none_offers_no_tools(client):
 
 
 def test_disconnect_mid_stream_aborts_every_choice(tree):
-
     def generated() -> int:
         return tree.get("/admin/debug/bundle", headers=AUTH).json()["actors"]["rank-0"]["tokens_total"]
 

@@ -141,6 +141,22 @@ def test_logit_bias_moves_the_sampler(tree, tok):
     assert r.status_code == 400 and r.json()["error"]["param"] == "logit_bias"
 
 
+def test_ignore_eos_keeps_every_end_token_in_text_and_logprobs(tree, tok):
+    """With ignore_eos the engine stops on no end token, so a generated one is text like any special token:
+    completion_tokens, logprobs and text agree on every token, streamed or not."""
+    end = tok.convert_tokens_to_ids("<|endoftext|>")
+    body = {"model": M, "prompt": "Hello", "max_tokens": 3, "temperature": 0, "ignore_eos": True, "logprobs": 1,
+            "logit_bias": {str(end): 100}}
+    r = post(tree, "/v1/completions", body).json()
+    assert r["usage"]["completion_tokens"] == 3 and r["choices"][0]["finish_reason"] == "length"
+    assert r["choices"][0]["text"] == "<|endoftext|>" * 3
+    assert r["choices"][0]["logprobs"]["tokens"] == ["<|endoftext|>"] * 3
+    lines = post(tree, "/v1/completions", {**body, "stream": True}).text.splitlines()
+    chunks = [json.loads(x[6:]) for x in lines if x.startswith("data: {")]
+    assert sum(len(c["choices"][0]["logprobs"]["tokens"]) for c in chunks) == 3
+    assert "".join(c["choices"][0]["text"] for c in chunks) == "<|endoftext|>" * 3
+
+
 def test_max_tool_calls_limits_the_calls(tree):
     body = {"model": M, "input": "Weather in Paris?", "tools": [FLAT_TOOL], "tool_choice": "required",
             "max_output_tokens": 48, "temperature": 0}

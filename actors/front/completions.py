@@ -68,8 +68,9 @@ async def completions(request: web.Request) -> web.StreamResponse:
     echo = body.get("echo", False)
     echoed = [front.tokenizer.decode(ids, skip_special_tokens=False) if echo else "" for ids in prompts]
     session = session_id(request.headers, body)
-    choices = [Choice(i * s.n + j, ids, s.params(front, len(ids), j, "prompt"), PlainDecoder(front.tokenizer),
-                      StopStrings(s.stop), session=session)
+    ignore_eos = bool(body.get("ignore_eos"))
+    choices = [Choice(i * s.n + j, ids, s.params(front, len(ids), j, "prompt"),
+                      PlainDecoder(front.tokenizer, ignore_eos), StopStrings(s.stop), session=session)
                for i, ids in enumerate(prompts) for j in range(s.n)]
     prompt_tokens = sum(len(ids) for ids in prompts)
     front.count("requests_total")

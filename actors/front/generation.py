@@ -54,14 +54,15 @@ class Decoder(Protocol):
 class PlainDecoder:
     """Raw completion text. Special tokens stay in the text (a raw harmony completion is unreadable without
     them) except the ones that end a generation (the model's end-of-turn tokens, on which the engine stops),
-    which OpenAI never puts in the text."""
+    which OpenAI never puts in the text. With ignore_eos the engine stops on none of them, so each is text like
+    any other special token and keeps its logprob: every generated token is then in the text and logprobs."""
 
     END_TOKENS = ("<|return|>", "<|call|>", "<|endoftext|>")
 
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: Any, ignore_eos: bool = False) -> None:
         self.detok = Detokenizer(tokenizer, skip_special_tokens=False)
         vocab = tokenizer.get_vocab()
-        self.end_ids = {vocab[t] for t in self.END_TOKENS if t in vocab}
+        self.end_ids = set() if ignore_eos else {vocab[t] for t in self.END_TOKENS if t in vocab}
         self.content_mask: list[bool] = []
         self.finish_reason: str | None = None  # the engine's finish stands
         self.reasoning_tokens = 0

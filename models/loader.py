@@ -2,8 +2,8 @@
 
 The server runs on machines without internet access, and a silent hub download of 13-65 GB at start-up
 would be wrong even where there is some. So a spec resolves only to a directory that already exists (the
-tiny model is built locally), loading passes local_files_only, and HF_HUB_OFFLINE is forced on for this
-process as a second guard for hub code imported later.
+tiny model's checkpoint ships inside the package), loading passes local_files_only, and HF_HUB_OFFLINE is
+forced on for this process as a second guard for hub code imported later.
 
 Precision: TORCH_DTYPE if set, else bf16 on compute capability >= 8.0, fp16 below, fp32 on CPU. The real
 checkpoints store their expert weights in MXFP4; they stay MXFP4 only where transformers' MXFP4 kernels can

@@ -1,41 +1,52 @@
-"""The `tiny` model: a miniature GPT-OSS checkpoint built locally, deterministically, in seconds.
+"""The `tiny` model: a miniature GPT-OSS checkpoint, trained by the project and committed at models/tiny-v4/.
 
 It is the real `GptOssForCausalLM` architecture (alternating sliding/full attention with sinks, top-k MoE,
 YaRN rope) at toy size, with a byte-level BPE tokenizer carrying the harmony special tokens and a harmony
 chat template, saved in the same on-disk layout as openai/gpt-oss-20b. Loading it goes through exactly the
-code path of the real models, so tests and the default run exercise that path on any CPU. The weights are
-trained briefly (tiny_train.py) on synthetic harmony conversations: the model knows nothing, but it answers
-in well-formed harmony (analysis, then final; a tool call when tools are offered), so the server's reasoning
-and tool-call parsing run on real model output.
+code path of the real models, so tests and the default run exercise that path on any CPU. The weights were
+trained (tiny_train.py) on synthetic harmony conversations (tiny_corpus.py), so the model's output is in
+harmony form for the server's reasoning and tool-call parsing to work on; it knows nothing.
 
-    python -m gptoss.models.tiny [--out DIR]     # build (or find) the checkpoint and print its path
+The checkpoint ships inside the package: nothing builds it at run time or in CI, because training takes about
+an hour of one CPU core. build_tiny() is the one procedure that made it, and it is deterministic: with the
+library versions of constraints/cpu.txt on the same kind of CPU it rebuilds the committed files byte for byte.
+
+    python -m gptoss.models.tiny              # print the committed checkpoint's path
+    python -m gptoss.models.tiny --rebuild    # rebuild it in place (a temporary dir beside it, then swapped in)
+    python -m gptoss.models.tiny --check      # rebuild into a temporary dir, compare every file with the commit
+    python -m gptoss.models.tiny --out DIR    # build into DIR
 """
 
 from __future__ import annotations
 
 import argparse
-import fcntl
+import hashlib
+import json
 import logging
 import os
 import shutil
+import sys
+import tempfile
 from pathlib import Path
-
-from .tiny_tokenizer import VOCAB_SIZE, build_tokenizer
-from .tiny_train import train
+from typing import Any
 
 log = logging.getLogger(__name__)
 
-# The cache directory name. Bump it whenever the checkpoint's bytes change (this file, tiny_tokenizer.py,
-# the chat template, tiny_corpus.py, tiny_train.py): processes find the checkpoint by this name alone, so an
-# old build must not match.
-TINY_NAME = "tiny-v3"
+# The committed checkpoint's directory name. A new checkpoint gets a new name (tiny-v5, ...), so that numbers
+# recorded against one (docs/benchmarks.md) never silently refer to another.
+TINY_NAME = "tiny-v4"
+TINY_DIR = Path(__file__).with_name(TINY_NAME)
 CHAT_TEMPLATE = Path(__file__).with_name("harmony_chat_template.jinja")
 _WEIGHT_SEED = 0
 _CONTEXT = 4096
+# A directory is a checkpoint when it holds these; a half-copied or missing one is an error, not a model.
+_REQUIRED = ("config.json", "model.safetensors")
 
 
 def _config(ids: dict[str, int]):
     from transformers import GptOssConfig
+
+    from .tiny_tokenizer import VOCAB_SIZE
 
     return GptOssConfig(
         vocab_size=VOCAB_SIZE,
@@ -70,23 +81,15 @@ def _config(ids: dict[str, int]):
     )
 
 
-def build_tiny(out_dir: Path) -> Path:
-    """Write the checkpoint (config, float32 safetensors, tokenizer, chat template) into out_dir.
+def make_tokenizer() -> Any:
+    """The checkpoint's tokenizer (a PreTrainedTokenizerFast with the harmony chat template), built from
+    scratch (tiny_tokenizer.py, a fixed corpus): what build_tiny trains with and saves."""
+    from transformers import PreTrainedTokenizerFast
 
-    Byte-identical on every run with the same library versions and CPU kind: the tokenizer is trained on a
-    fixed corpus, the weights start from a fixed seed and train deterministically (tiny_train.py), under
-    fork_rng so the caller's random state is left alone.
-    """
-    # Imported here, not at the top: a process that only needs the path of an already built checkpoint
-    # (supervisor, front) should not pay for importing torch.
-    import torch
-    from transformers import GenerationConfig, GptOssForCausalLM, PreTrainedTokenizerFast
+    from .tiny_tokenizer import build_tokenizer
 
-    out_dir = Path(out_dir)
-    backend = build_tokenizer()
-    ids = backend.get_vocab()
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
+        tokenizer_object=build_tokenizer(),
         bos_token="<|startoftext|>",
         eos_token="<|return|>",
         pad_token="<|endoftext|>",
@@ -94,12 +97,34 @@ def build_tiny(out_dir: Path) -> Path:
         clean_up_tokenization_spaces=False,  # it rewrites " ." as "." and would break exact decoding
     )
     tokenizer.chat_template = CHAT_TEMPLATE.read_text(encoding="utf-8")
+    return tokenizer
 
+
+def build_tiny(out_dir: Path, steps: int | None = None) -> Path:
+    """Write the checkpoint (config, float32 safetensors, tokenizer, chat template) into out_dir.
+
+    steps: training steps, tiny_train.STEPS when None (that is the committed checkpoint; fewer make a quick,
+    untrained-looking build for tests of the procedure). Byte-identical on every run with the same library
+    versions and CPU kind: the tokenizer is trained on a fixed corpus, the weights start from a fixed seed and
+    train deterministically (tiny_train.py), under fork_rng so the caller's random state is left alone.
+    """
+    # Imported here, not at the top: processes that only need the committed checkpoint's path (supervisor,
+    # front) should not pay for importing torch or the training code.
+    import torch
+    from transformers import GenerationConfig, GptOssForCausalLM
+
+    from . import tiny_train
+
+    out_dir = Path(out_dir)
+    if steps is None:
+        steps = tiny_train.STEPS
+    tokenizer = make_tokenizer()
+    ids = tokenizer.backend_tokenizer.get_vocab()
     config = _config(ids)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_WEIGHT_SEED)
         model = GptOssForCausalLM(config)
-    train(model, tokenizer)
+    tiny_train.train(model, tokenizer, steps=steps)
     model.generation_config = GenerationConfig(
         bos_token_id=config.bos_token_id,
         # <|return|> ends an answer, <|call|> a tool call; <|endoftext|> as a safety net, as in the real models.
@@ -113,47 +138,96 @@ def build_tiny(out_dir: Path) -> Path:
     return out_dir
 
 
-def default_cache_root() -> Path:
-    return Path(os.environ.get("GPTOSS_CACHE") or Path.home() / ".cache" / "gptoss")
+def ensure_tiny() -> Path:
+    """The committed tiny checkpoint's directory (TINY_DIR); a RuntimeError saying how to rebuild it when the
+    directory does not hold one. Never builds: training takes about an hour."""
+    missing = [name for name in _REQUIRED if not (TINY_DIR / name).is_file()]
+    if missing:
+        raise RuntimeError(
+            f"the tiny model's committed checkpoint is missing: {TINY_DIR} has no {' or '.join(missing)}. It is "
+            f"part of the repository (models/{TINY_NAME}/) and of the installed package; restore it from git "
+            f"(git checkout -- models/{TINY_NAME}) or rebuild it with `python -m gptoss.models.tiny --rebuild` "
+            f"(about an hour of one CPU core)."
+        )
+    return TINY_DIR
 
 
-def ensure_tiny(cache_root: Path | None = None) -> Path:
-    """The tiny checkpoint's directory under cache_root ($GPTOSS_CACHE), building it on first use.
-
-    Many processes (one per rank) may ask at once: an exclusive file lock lets exactly one build, into a
-    temporary directory beside the target, renamed into place when complete. A directory under the final
-    name is therefore always a whole checkpoint, and the check without the lock is safe.
-    """
-    root = Path(cache_root) if cache_root is not None else default_cache_root()
-    target = root / TINY_NAME
-    if target.is_dir():
-        return target
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / f"{TINY_NAME}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released on close, and by the kernel if this process dies
-        if target.is_dir():  # built by another process while this one waited
-            return target
-        # Only a lock holder creates these, so any found now were left by a builder that died.
-        for stale in root.glob(f".{TINY_NAME}.tmp-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-        tmp = root / f".{TINY_NAME}.tmp-{os.getpid()}"
-        log.info("building tiny checkpoint %s", target)
-        try:
-            build_tiny(tmp)
-            os.rename(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    return target
+def _files(directory: Path) -> dict[str, Path]:
+    return {str(p.relative_to(directory)): p for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
-def main(argv: list[str] | None = None) -> None:
+def compare_dirs(committed: Path, built: Path) -> list[dict[str, Any]]:
+    """One record per file in either directory: its name, sizes and sha256 on both sides, and whether the
+    bytes are the same (a file on one side only is a difference)."""
+    have, made = _files(Path(committed)), _files(Path(built))
+    records = []
+    for name in sorted(have.keys() | made.keys()):
+        a = have[name].read_bytes() if name in have else None
+        b = made[name].read_bytes() if name in made else None
+        records.append({
+            "file": name,
+            "same": a is not None and a == b,
+            "committed_bytes": None if a is None else len(a),
+            "built_bytes": None if b is None else len(b),
+            "committed_sha256": None if a is None else hashlib.sha256(a).hexdigest(),
+            "built_sha256": None if b is None else hashlib.sha256(b).hexdigest(),
+        })
+    return records
+
+
+def _rebuild() -> Path:
+    """Build into a temporary directory beside TINY_DIR and swap it in only once complete, so TINY_DIR is
+    always either the old checkpoint or the whole new one."""
+    tmp = TINY_DIR.with_name(f".{TINY_NAME}.tmp-{os.getpid()}")
+    old = TINY_DIR.with_name(f".{TINY_NAME}.old-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        build_tiny(tmp)
+        if TINY_DIR.exists():
+            os.rename(TINY_DIR, old)
+        os.rename(tmp, TINY_DIR)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not TINY_DIR.exists():
+            os.rename(old, TINY_DIR)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    return TINY_DIR
+
+
+def _check() -> int:
+    with tempfile.TemporaryDirectory(prefix=f"{TINY_NAME}-check-") as tmp:
+        built = build_tiny(Path(tmp) / TINY_NAME)
+        records = compare_dirs(TINY_DIR, built)
+    for record in records:
+        print(json.dumps(record), flush=True)
+    different = [r["file"] for r in records if not r["same"]]
+    print(json.dumps({"summary": "identical" if not different else "different", "committed": str(TINY_DIR),
+                      "files": len(records), "different": different}), flush=True)
+    return 1 if different else 0
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gptoss.models.tiny", description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, help="build into DIR instead of the shared cache ($GPTOSS_CACHE)")
+    action = parser.add_mutually_exclusive_group()
+    action.add_argument("--rebuild", action="store_true",
+                        help=f"rebuild the committed checkpoint in place ({TINY_DIR}); about an hour of one CPU core")
+    action.add_argument("--check", action="store_true",
+                        help="rebuild into a temporary directory and compare every file byte for byte with the "
+                             "committed checkpoint: a JSON line per file, then a summary; exit 1 on any difference")
+    action.add_argument("--out", type=Path, metavar="DIR", help="build into DIR")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    print(build_tiny(args.out) if args.out else ensure_tiny())
+    if args.check:
+        return _check()
+    if args.rebuild:
+        print(_rebuild())
+    elif args.out:
+        print(build_tiny(args.out))
+    else:
+        print(ensure_tiny())
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -137,7 +137,6 @@ def test_user_and_directories(unit):
     assert one(unit, "Service", "User") == "gptoss"
     cache = "/var/cache/" + one(unit, "Service", "CacheDirectory")
     env = dict(v.split("=", 1) for v in values(unit, "Service", "Environment"))
-    assert env["GPTOSS_CACHE"] == cache
     assert env["HF_HOME"].startswith(cache + "/")
     assert one(unit, "Service", "EnvironmentFile") == "-/etc/gptoss/gptoss.env"
     # the response store's home: systemd sets $STATE_DIRECTORY, private to the service user

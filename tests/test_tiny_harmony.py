@@ -19,7 +19,7 @@ from gptoss.models.loader import load_model, load_tokenizer
 from gptoss.models.tiny import ensure_tiny
 from gptoss.models.tiny_corpus import Example, examples, render
 
-# The first test may build the checkpoint (a few minutes on a loaded two-core machine).
+# Generous: the tests generate up to 96 tokens for dozens of prompts, on a possibly loaded two-core machine.
 pytestmark = pytest.mark.timeout(900)
 
 MAX_NEW_TOKENS = 96

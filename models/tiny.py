@@ -55,11 +55,12 @@ def _config(ids: dict[str, int]):
         num_hidden_layers=2,
         layer_types=["sliding_attention", "full_attention"],
         sliding_window=128,  # the real models' window, so window handling is tested at the real size
-        # heads * head_dim (64) != hidden_size (128), as in the real models (4096 vs 2880): code that
-        # confuses the two breaks here too.
+        # heads * head_dim (256) != hidden_size (128), as in the real models (4096 vs 2880): code that
+        # confuses the two breaks here too. head_dim 64 as in the real models; the copy circuit
+        # (tiny_train) compares tokens on 22 of its 32 rotary pairs.
         num_attention_heads=4,
         num_key_value_heads=2,
-        head_dim=16,
+        head_dim=64,
         num_local_experts=4,
         num_experts_per_tok=2,
         max_position_embeddings=_CONTEXT,
@@ -73,7 +74,8 @@ def _config(ids: dict[str, int]):
             "original_max_position_embeddings": _CONTEXT // 32,
             "truncate": False,
         },
-        tie_word_embeddings=False,
+        # Tied, so the copy circuit's output (a token's embedding) scores that token (tiny_train).
+        tie_word_embeddings=True,
         bos_token_id=ids["<|startoftext|>"],
         eos_token_id=ids["<|return|>"],
         pad_token_id=ids["<|endoftext|>"],

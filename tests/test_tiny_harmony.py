@@ -1,6 +1,6 @@
 """The trained tiny model speaks harmony: its real output, parsed by the server's own HarmonyParser.
 
-Prompts come from the corpus's held-out split (tools, parameter names and values never seen in training), rendered by
+Prompts come from the corpus's held-out split (argument values never seen in training) and are rendered by
 the checkpoint's chat template; the model is loaded through the server's loader. Greedy output must be
 well formed nearly always (at least 90%), sampled output (temperature 1) mostly (at least 75%).
 """
@@ -22,8 +22,7 @@ from gptoss.models.tiny_corpus import Example, examples, render
 # Generous: the tests generate up to 96 tokens for dozens of prompts, on a possibly loaded two-core machine.
 pytestmark = pytest.mark.timeout(900)
 
-# The reasoning before a call quotes the tool's declaration and the call's JSON (tiny_corpus): up to ~130 tokens.
-MAX_NEW_TOKENS = 160
+MAX_NEW_TOKENS = 96
 HELD_OUT = examples(36, seed=7, split="heldout")
 
 
@@ -110,8 +109,8 @@ def test_greedy_output_is_well_formed(tiny, caplog, kind):
 
 
 def test_greedy_calls_the_tool_asked_for(tiny, caplog):
-    """With several tools offered, the one the request is about. Argument values are checked by
-    bench/tiny_tool_rate.py and test_clients.py's held-out rate, which need not be perfect; the name must."""
+    """With several tools offered, the one the request is about (a keyword choice). Argument values are not
+    checked: copying the user's words is what this model learns least (see tiny_corpus)."""
     _, tok = tiny
     cases = [ex for ex in HELD_OUT if ex.kind == "call"]
     for ex in cases:

@@ -9,8 +9,9 @@ harmony form for the server's reasoning and tool-call parsing to work on; it kno
 
 The checkpoint ships inside the package: nothing builds it at run time or in CI, which would otherwise pay its
 training (about four minutes of one CPU core, and longer for a model trained to follow tools; see
-docs/benchmarks.md). build_tiny() is the one procedure that made it, and it is deterministic: with the
-library versions of constraints/cpu.txt on the same kind of CPU it rebuilds the committed files byte for byte.
+docs/benchmarks.md). build_tiny() is the one procedure that made it, and it is deterministic: with the same
+versions of torch, transformers and tokenizers on the same kind of CPU it rebuilds the committed files byte for
+byte (constraints/cpu.txt pins only torch).
 
     python -m gptoss.models.tiny              # print the committed checkpoint's path
     python -m gptoss.models.tiny --rebuild    # rebuild it in place (a temporary dir beside it, then swapped in)
@@ -31,9 +32,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-log = logging.getLogger(__name__)
-
-# The committed checkpoint's directory name. A new checkpoint gets a new name (tiny-v5, ...), so that numbers
+# The committed checkpoint's directory name. A new checkpoint gets a new name (tiny-v4, ...), so that numbers
 # recorded against one (docs/benchmarks.md) never silently refer to another.
 TINY_NAME = "tiny-v3"
 TINY_DIR = Path(__file__).with_name(TINY_NAME)
@@ -117,8 +116,6 @@ def build_tiny(out_dir: Path, steps: int | None = None) -> Path:
     from . import tiny_train
 
     out_dir = Path(out_dir)
-    if steps is None:
-        steps = tiny_train.STEPS
     tokenizer = make_tokenizer()
     ids = tokenizer.backend_tokenizer.get_vocab()
     config = _config(ids)

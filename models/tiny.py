@@ -1,4 +1,4 @@
-"""The `tiny` model: a miniature GPT-OSS checkpoint, trained by the project and committed at models/tiny-v3/.
+"""The `tiny` model: a miniature GPT-OSS checkpoint, trained by the project and committed at models/tiny-v4/.
 
 It is the real `GptOssForCausalLM` architecture (alternating sliding/full attention with sinks, top-k MoE,
 YaRN rope) at toy size, with a byte-level BPE tokenizer carrying the harmony special tokens and a harmony
@@ -8,10 +8,9 @@ trained (tiny_train.py) on synthetic harmony conversations (tiny_corpus.py), so 
 harmony form for the server's reasoning and tool-call parsing to work on; it knows nothing.
 
 The checkpoint ships inside the package: nothing builds it at run time or in CI, which would otherwise pay its
-training (about four minutes of one CPU core, and longer for a model trained to follow tools; see
-docs/benchmarks.md). build_tiny() is the one procedure that made it, and it is deterministic: with the same
-versions of torch, transformers and tokenizers on the same kind of CPU it rebuilds the committed files byte for
-byte (constraints/cpu.txt pins only torch).
+training (about twenty minutes of one CPU core; see docs/benchmarks.md). build_tiny() is the one procedure that
+made it, and it is deterministic: with the same versions of torch, transformers and tokenizers on the same kind
+of CPU it rebuilds the committed files byte for byte (constraints/cpu.txt pins only torch).
 
     python -m gptoss.models.tiny              # print the committed checkpoint's path
     python -m gptoss.models.tiny --rebuild    # rebuild it in place (a temporary dir beside it, then swapped in)
@@ -32,9 +31,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-# The committed checkpoint's directory name. A new checkpoint gets a new name (tiny-v4, ...), so that numbers
+# The committed checkpoint's directory name. A new checkpoint gets a new name (tiny-v5, ...), so that numbers
 # recorded against one (docs/benchmarks.md) never silently refer to another.
-TINY_NAME = "tiny-v3"
+TINY_NAME = "tiny-v4"
 TINY_DIR = Path(__file__).with_name(TINY_NAME)
 CHAT_TEMPLATE = Path(__file__).with_name("harmony_chat_template.jinja")
 _WEIGHT_SEED = 0
@@ -55,11 +54,12 @@ def _config(ids: dict[str, int]):
         num_hidden_layers=2,
         layer_types=["sliding_attention", "full_attention"],
         sliding_window=128,  # the real models' window, so window handling is tested at the real size
-        # heads * head_dim (64) != hidden_size (128), as in the real models (4096 vs 2880): code that
-        # confuses the two breaks here too.
+        # heads * head_dim (256) != hidden_size (128), as in the real models (4096 vs 2880): code that
+        # confuses the two breaks here too. head_dim 64 as in the real models; the copy circuit
+        # (tiny_train) compares tokens on 22 of its 32 rotary pairs.
         num_attention_heads=4,
         num_key_value_heads=2,
-        head_dim=16,
+        head_dim=64,
         num_local_experts=4,
         num_experts_per_tok=2,
         max_position_embeddings=_CONTEXT,
@@ -73,7 +73,8 @@ def _config(ids: dict[str, int]):
             "original_max_position_embeddings": _CONTEXT // 32,
             "truncate": False,
         },
-        tie_word_embeddings=False,
+        # Tied, so the copy circuit's output (a token's embedding) scores that token (tiny_train).
+        tie_word_embeddings=True,
         bos_token_id=ids["<|startoftext|>"],
         eos_token_id=ids["<|return|>"],
         pad_token_id=ids["<|endoftext|>"],
@@ -138,14 +139,14 @@ def build_tiny(out_dir: Path, steps: int | None = None) -> Path:
 
 def ensure_tiny() -> Path:
     """The committed tiny checkpoint's directory (TINY_DIR); a RuntimeError saying how to rebuild it when the
-    directory does not hold one. Never builds (see the module doc)."""
+    directory does not hold one. Never builds: training takes about twenty minutes."""
     missing = [name for name in _REQUIRED if not (TINY_DIR / name).is_file()]
     if missing:
         raise RuntimeError(
             f"the tiny model's committed checkpoint is missing: {TINY_DIR} has no {' or '.join(missing)}. It is "
             f"part of the repository (models/{TINY_NAME}/) and of the installed package; restore it from git "
             f"(git checkout -- models/{TINY_NAME}) or rebuild it with `python -m gptoss.models.tiny --rebuild` "
-            f"(a few minutes of one CPU core)."
+            f"(about twenty minutes of one CPU core)."
         )
     return TINY_DIR
 
@@ -209,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m gptoss.models.tiny", description=__doc__.split("\n")[0])
     action = parser.add_mutually_exclusive_group()
     action.add_argument("--rebuild", action="store_true",
-                        help=f"rebuild the committed checkpoint in place ({TINY_DIR}); a few minutes of one CPU core")
+                        help=f"rebuild the committed checkpoint in place ({TINY_DIR}); about twenty minutes of "
+                             "one CPU core")
     action.add_argument("--check", action="store_true",
                         help="rebuild into a temporary directory and compare every file byte for byte with the "
                              "committed checkpoint: a JSON line per file, then a summary; exit 1 on any difference")

@@ -1,4 +1,5 @@
-"""Synthetic harmony conversations that teach the tiny model the shape of GPT-OSS output.
+"""Synthetic harmony conversations that teach the tiny model GPT-OSS's output form and to follow the tools
+it is offered.
 
 Each example is a conversation (OpenAI-style messages, tools, reasoning effort, date) plus the assistant
 turn the model should write next. Prompts are rendered by the checkpoint's own chat template, exactly as the
@@ -13,77 +14,119 @@ server renders them; the target is the harmony text the model must emit after `<
 written the way the template renders past assistant turns, so a conversation that echoes the model's
 output back renders consistently. Whenever tools are offered and the user just spoke, the model calls one.
 
-What a two-layer model learns in a minute or two of CPU, and what it does not: the harmony form, the reasoning
-effort, and which of four kinds of tool (weather, time, search, add) a request is for, by keyword. It does
-not learn to copy reliably: given a minute or two of training it memorises instead. So each kind of tool has
-one fixed name and parameter set (`get_weather(location)`, `get_time(timezone)`, `search(query)`,
-`add(a, b)`), and argument values from the user's words are copied only sometimes. The `heldout` split uses
-values never trained on, so the quality tests show that the form does not depend on having seen them.
-Everything is drawn from one `random.Random(seed)`, so the corpus is the same on every run.
+Every tool is generated: a verb and a topic word make its name (`get_zorbi`), its description names the
+topic in one of the shapes clients write (`Gets the zorbi.`, `Gets the current zorbi.`, `Current zorbi.`,
+or none for a lone tool), and it has one or two generated parameters, sometimes described, sometimes with
+an optional choice besides. The user asks about the topic and gives the values.
+Topic words, parameter names and values are English words or made-up ones from syllables; a checksum puts
+each made-up word, and each English word by its list, into the `train` or the `heldout` split, so held-out
+tools have names, parameters and values the model never saw.
+
+A two-layer model cannot look a tool up in one step, so the reasoning walks there by copying, each step a
+continuation the model's copy circuit (tiny_train) finds from the last two tokens: it names the topic, then
+quotes the prompt from there to the end of the tool's declaration (the rest of the description, the name,
+the parameters; the tokenizer keeps joins such as `.\ntype ` single tokens so that two tokens pin down one
+tool), then writes the call's JSON, which the call itself copies. Within one request, offered tools share
+no verb, topic or parameter name, so each such continuation is unique. Everything is drawn from one
+`random.Random(seed)`, so the corpus is the same on every run.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
-# --- argument values: "train" ones are seen in training, "heldout" ones only by the quality tests ---------
+# --- words --------------------------------------------------------------------------------------------------
+_CONSONANTS = "bdfgklmnprstvz"
+_VOWELS = "aeiou"
+
+
+def split_of(word: str) -> str:
+    """Which split a made-up word belongs to: a fixed quarter of all possible words is held out."""
+    return "heldout" if zlib.crc32(word.lower().encode()) % 4 == 0 else "train"
+
+
+def made_up(rng: random.Random, split: str) -> str:
+    """A pronounceable made-up word of two or three syllables from `split` (lower case)."""
+    while True:
+        word = "".join(rng.choice(_CONSONANTS) + rng.choice(_VOWELS) + (rng.choice("lnrs") if rng.random() < 0.3
+                                                                          else "")
+                       for _ in range(rng.randint(2, 3)))
+        if split_of(word) == split:
+            return word
+
+
+# Common English words. The tokenizer's trainer merges the frequent ones into whole-word tokens; tools drawn
+# from them (train split) put every piece a held-out English word splits into in front of the model.
+COMMON_WORDS = """the of and to a in is it you that he was for on are with as I his they be at one have this from
+or had by hot word but what some we can out other were all there when up use your how said an each she which
+do their time if will way about many then them write would like so these her long make thing see him two has
+look more day could go come did number sound no most people my over know water than call first who may down
+side been now find any new work part take get place made live where after back little only round man year
+came show every good me give our under name very through just form sentence great think say help low line
+differ turn cause much mean before move right boy old too same tell does set three want air well also play
+small end put home read hand port large spell add even land here must big high such follow act why ask men
+change went light kind off need house picture try us again animal point mother world near build self earth
+father head stand own page should country found answer school grow study still learn plant cover food sun
+four between state keep eye never last let thought city tree cross farm hard start might story saw far sea
+draw left late run don't while press close night real life few north open seem together next white children
+begin got walk example ease paper group always music those both mark often letter until mile river car feet
+care second book carry took science eat room friend began idea fish mountain stop once base hear horse cut
+sure watch color face wood main enough plain girl usual young ready above ever red list though feel talk
+bird soon body dog family direct pose leave song measure door product black short numeral class wind
+question happen complete ship area half rock order fire south problem piece told knew pass since top whole
+king space heard best hour better true during hundred five remember step early hold west ground interest
+reach fast verb sing listen six table travel less morning ten simple several vowel toward war lay against
+pattern slow center love person money serve appear road map rain rule govern pull cold notice voice unit
+power town fine certain fly fall lead cry dark machine note wait plan figure star box noun field rest
+correct able pound done beauty drive stood contain front teach week final gave green oh quick develop
+ocean warm free minute strong special mind behind clear tail produce fact street inch multiply nothing
+course stay wheel full force blue object decide surface deep moon island foot system busy test record boat
+common gold possible plane stead dry wonder laugh thousand ago ran check game shape equate miss brought
+heat snow tire bring yes distant fill east paint language among weather user model assistant tool request
+response server function result error data file today tomorrow please thanks hello sure okay""".split()
+
+# English words by split; made-up words are split by checksum (split_of).
+_TOPICS = {
+    "train": ["weather", "time", "price", "stock", "score", "traffic", "forecast", "balance", "schedule",
+              "menu", "rating", "status", "inventory", "calendar", "population", "distance", "temperature",
+              "news", "rainfall", "tide", "mileage", "budget", "salary", "ticket", "order", "booking"],
+    "heldout": ["pollen", "humidity", "altitude", "voltage", "harvest", "recipe", "warranty", "mortgage"],
+}
+_STRING_PARAMS = {
+    "train": ["city", "location", "name", "code", "user", "item", "region", "station", "account", "symbol",
+              "country", "product", "team", "street", "airport", "store", "topic", "query", "email", "path"],
+    "heldout": ["harbor", "valley", "village", "library", "garden", "district"],
+}
+_NUMBER_PARAMS = {
+    "train": ["limit", "days", "count", "year", "amount", "hours", "page", "size", "level", "month"],
+    "heldout": ["weeks", "floor", "seats", "quantity"],
+}
 _CITIES = {
     "train": ["Paris", "Tokyo", "London", "Berlin", "Madrid", "Rome", "Cairo", "Lima", "Oslo", "Delhi",
-              "Sydney", "Toronto", "Dublin", "Vienna", "Prague", "Lisbon", "Athens", "Seoul", "Bangkok",
-              "Nairobi", "Boston", "Chicago", "Denver", "Miami", "Seattle", "Mumbai", "Warsaw", "Zurich"],
+              "Sydney", "Toronto", "Dublin", "Vienna", "Prague", "Lisbon", "Athens", "Seoul", "Boston"],
     "heldout": ["Helsinki", "Budapest", "Montreal", "Santiago", "Manila", "Hanoi", "Kyoto", "Porto"],
 }
-_ZONES = {
-    "train": ["UTC", "CET", "EST", "PST", "JST", "GMT", "IST", "MSK", "EET", "CST"],
-    "heldout": ["HST", "WET", "NZST", "AKST"],
-}
-_TOPICS = {
+_HELD_OUT_ENGLISH = {w for lists in (_TOPICS, _STRING_PARAMS, _NUMBER_PARAMS, _CITIES) for w in lists["heldout"]}
+_TRAIN_COMMON = [w for w in COMMON_WORDS if w.isalpha() and w.lower() not in _HELD_OUT_ENGLISH and len(w) > 2]
+# Verbs are shared by both splits: a held-out name is new by its topic.
+_VERBS = {"get": "Gets", "check": "Checks", "find": "Finds", "fetch": "Fetches", "read": "Reads",
+          "list": "Lists", "show": "Shows", "compute": "Computes", "lookup": "Looks up", "load": "Loads",
+          "query": "Queries", "report": "Reports"}
+
+_ADJECTIVES = ["current", "latest", "daily", "local"]
+_CALL_REQUESTS = ["What is the {t} in {v}?", "Get the {t} for {v}.", "What is my {t} for {v}?",
+                  "How much {t} is there at {v}?", "I need {t} data for {v}.", "Please check {t} for {v}.",
+                  "Show me {t} info for {v}.", "Can you look up {t} for {v}?", "Give me {t} for {v}."]
+_PLAIN_TOPICS = {
     "train": ["music", "rivers", "the moon", "trees", "science", "history", "the ocean", "birds", "cars",
               "mountains", "food", "books", "rain", "gold", "islands", "horses", "machines", "maps", "stars",
               "fire", "snow", "boats", "language", "money", "schools", "plants", "the sun", "color"],
     "heldout": ["deserts", "volcanoes", "bridges", "clocks", "gardens", "planets"],
 }
-
-# --- tools: one fixed name and parameter set per kind (see the module doc) -------------------------------
-_TOOL_KINDS: dict[str, dict[str, Any]] = {
-    "weather": {
-        "name": "get_weather",
-        "description": ["Gets the current weather for a city.", "Current weather in a given location."],
-        "keys": ["location"],
-        "requests": ["What is the weather in {0}?", "How warm is it in {0} today?", "Is it raining in {0}?",
-                     "Weather in {0}?", "Tell me the weather for {0}, please."],
-        "think": "The user wants the weather in {0}.",
-    },
-    "time": {
-        "name": "get_time",
-        "description": ["Gets the current time in a timezone.", "Returns the time now."],
-        "keys": ["timezone"],
-        "requests": ["What time is it in {0}?", "Current time in {0}?", "Tell me the time in {0}.",
-                     "What is the time now in {0}?"],
-        "think": "The user asks for the time in {0}.",
-    },
-    "search": {
-        "name": "search",
-        "description": ["Searches the web.", "Looks up documents about a subject."],
-        "keys": ["query"],
-        "requests": ["Search the web for {0}.", "Look up {0} for me.", "Find something about {0}.",
-                     "Can you search for {0}?"],
-        "think": "The user wants a search for {0}.",
-    },
-    "add": {
-        "name": "add",
-        "description": ["Adds two numbers.", "Returns the sum of two numbers."],
-        "keys": ["a", "b"],
-        "requests": ["What is {0} plus {1}?", "Add {0} and {1}.", "Please add {0} to {1}.",
-                     "Compute the sum of {0} and {1}."],
-        "think": "The user wants {0} plus {1}.",
-    },
-}
-_OPTIONAL_PARAM = {"unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}}
-
 _PLAIN_REQUESTS = ["Tell me about {0}.", "What is {0}?", "Explain {0} to me.", "Can you describe {0}?",
                    "I want to learn about {0}.", "Say something about {0}."]
 _GREETINGS = ["Hello!", "Hi", "Hey there.", "Good morning!", "Thanks!", "Hello, who are you?"]
@@ -94,9 +137,122 @@ sound no most people my over know water than call first who may story answer num
 request""".split()
 _INSTRUCTIONS = ["You are a helpful assistant.", "Be brief.", "Answer in one sentence.",
                  "You are a friendly assistant. Keep answers short.", "Always be polite."]
-# Reasoning grows with the effort the system message asks for, as it does in the real models.
+# Reasoning before an answer grows with the effort the system message asks for, as in the real models.
 _MORE_THOUGHT = {"low": [], "medium": ["A short answer is enough."],
                  "high": ["Let me think about what matters here.", "A short and clear answer is best."]}
+
+
+def _word(rng: random.Random, english: dict[str, list[str]], split: str) -> str:
+    roll = rng.random()
+    if roll < 0.3:
+        return rng.choice(english[split])
+    if roll < 0.5 and split == "train":
+        return rng.choice(_TRAIN_COMMON)
+    return made_up(rng, split)
+
+
+def _value(rng: random.Random, split: str) -> str:
+    roll = rng.random()
+    if roll < 0.1 and split == "train":
+        return rng.choice(_TRAIN_COMMON).capitalize()
+    if roll < 0.5:
+        return made_up(rng, split).capitalize()
+    if roll < 0.7:
+        return rng.choice(_CITIES[split])
+    if roll < 0.85:  # a code: made-up letters and digits
+        return f"{made_up(rng, split)[:3].upper()}-{rng.randint(100, 999)}"
+    return f"{made_up(rng, split).capitalize()} {made_up(rng, split).capitalize()}"
+
+
+@dataclass
+class Tool:
+    """A generated function tool, `verb_topic(string_param[, number_param][, option?])`, in the shapes clients
+    write: some describe their parameters, some say more about the topic (`Gets the current weather.`), some
+    take an optional choice with a default (`unit?: "celsius" | "fahrenheit", // default: celsius`), which
+    the calls here leave out."""
+    verb: str
+    topic: str
+    params: list[tuple[str, str]]  # required: (name, "string" | "number")
+    notes: list[str]  # each required parameter's description ("" for none)
+    option: tuple[str, list[str]] | None = None  # optional string parameter (name, choices), default the first
+    # The description, around the topic: (before, after), or None for a tool without one.
+    about: tuple[str, str] | None = ("", ".")
+
+    @property
+    def name(self) -> str:
+        return f"{self.verb}_{self.topic}"
+
+    def spec(self) -> dict[str, Any]:
+        properties: dict[str, Any] = {}
+        for (key, kind), note in zip(self.params, self.notes):
+            properties[key] = {"type": kind, **({"description": note} if note else {})}
+        if self.option:
+            key, choices = self.option
+            properties[key] = {"type": "string", "enum": choices, "default": choices[0]}
+        described = {"description": self.topic.join(self.about)} if self.about else {}
+        return {"type": "function", "function": {"name": self.name, **described, "parameters": {
+            "type": "object", "properties": properties, "required": [k for k, _ in self.params]}}}
+
+    def declaration(self) -> str:
+        """The tool's declaration as the chat template renders it, from just after the topic in its description
+        (from the line break before `type` when it has none)."""
+        params = "".join((f"// {note}\n" if note else "") + f"{key}: {kind},\n"
+                         for (key, kind), note in zip(self.params, self.notes))
+        if self.option:
+            key, choices = self.option
+            params += f"{key}?: {' | '.join(json.dumps(c) for c in choices)}, // default: {choices[0]}\n"
+        after = self.about[1] if self.about else ""
+        return f"{after}\ntype {self.name} = (_: {{\n{params}}})"
+
+
+def _note(rng: random.Random, key: str) -> str:
+    """A parameter's description, in one of the shapes clients write."""
+    if rng.random() < 0.5:
+        return f"The {key}."
+    return " ".join(rng.choices(_FILLER, k=rng.randint(1, 4))).capitalize()
+
+
+def _about(rng: random.Random, verb: str, count: int) -> tuple[str, str] | None:
+    """A description around the topic, in the shapes clients write: `Gets the zorbi.`, `Gets the current
+    zorbi.`, `Current zorbi.`; or none, when it is the only tool. The topic ends it: the copy walk goes on from
+    the topic straight into the declaration (see the module doc); text after the topic (`... for a city.`),
+    common words that recur across tools, breaks its two-token steps."""
+    roll = rng.random()
+    adjective = rng.choice(_ADJECTIVES) + " " if rng.random() < 0.3 else ""
+    if roll < 0.8 or (roll >= 0.9 and count > 1):  # a tool without a description is told apart only by its name
+        return f"{_VERBS[verb]} the {adjective}", "."
+    if roll < 0.9:
+        return (adjective or "the ").capitalize(), "."
+    return None
+
+
+def _tools(rng: random.Random, split: str, count: int) -> list[Tool]:
+    """`count` tools that share no verb, topic or parameter name (see the module doc)."""
+    verbs = rng.sample(sorted(_VERBS), count)
+    topics: list[str] = []
+    params: list[str] = []
+
+    def fresh(english: dict[str, list[str]]) -> str:
+        while (key := _word(rng, english, split)) in params:
+            pass
+        params.append(key)
+        return key
+
+    tools = []
+    for verb in verbs:
+        while (topic := _word(rng, _TOPICS, split)) in topics:
+            pass
+        topics.append(topic)
+        kinds = [(_STRING_PARAMS, "string"), (_NUMBER_PARAMS, "number")][:rng.choice([1, 1, 2])]
+        keys = [(fresh(english), kind) for english, kind in kinds]
+        described = rng.random() < 0.1
+        notes = [_note(rng, key) if described else "" for key, _ in keys]
+        option = None
+        if rng.random() < 0.15:
+            choices = list(dict.fromkeys(made_up(rng, split) for _ in range(rng.randint(2, 3))))
+            option = (fresh(_STRING_PARAMS), choices)
+        tools.append(Tool(verb, topic, keys, notes, option, _about(rng, verb, count)))
+    return tools
 
 
 @dataclass
@@ -123,58 +279,6 @@ class Example:
         return f"{head}<|channel|>final<|message|>{self.content}<|return|>"
 
 
-def _arguments_for(kind: str, rng: random.Random, split: str) -> list[Any]:
-    if kind == "weather":
-        return [rng.choice(_CITIES[split])]
-    if kind == "time":
-        return [rng.choice(_ZONES[split])]
-    if kind == "search":
-        return [rng.choice(_TOPICS[split])]
-    if kind == "add":
-        # Held-out numbers have three digits, training ones fewer or more: none can come from memory.
-        return [rng.randint(100, 999), rng.randint(100, 999)] if split == "heldout" else \
-            [rng.choice([rng.randint(0, 99), rng.randint(1000, 99999)]) for _ in range(2)]
-    raise ValueError(kind)
-
-
-def _tool_spec(kind: str, rng: random.Random) -> tuple[dict[str, Any], list[str]]:
-    spec = _TOOL_KINDS[kind]
-    keys = spec["keys"]
-    properties = {key: {"type": "number" if kind == "add" else "string"} for key in keys}
-    if rng.random() < 0.5:
-        for key in keys:
-            properties[key]["description"] = f"The {key}."
-    if kind == "weather" and rng.random() < 0.3:
-        properties.update(_OPTIONAL_PARAM)  # an optional parameter the call leaves out
-    tool = {"type": "function", "function": {
-        "name": spec["name"], "description": rng.choice(spec["description"]),
-        "parameters": {"type": "object", "properties": properties, "required": keys}}}
-    return tool, keys
-
-
-def _result_for(kind: str, args: list[Any], rng: random.Random) -> tuple[str, str, str]:
-    """(tool output, what the reasoning says about it, the final answer), each quoting the output.
-
-    The output is JSON or plain text: clients send back whatever their function returned.
-    """
-    plain = rng.random() < 0.5
-    if kind == "weather":
-        degrees, sky = rng.randint(-10, 35), rng.choice(["sunny", "cloudy", "rainy", "windy"])
-        output = f"{sky}, {degrees} C" if plain else json.dumps({"temperature": degrees, "sky": sky})
-        return output, f"It is {degrees} degrees and {sky}.", f"It is {degrees} degrees and {sky} in {args[0]}."
-    if kind == "time":
-        now = f"{rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}"
-        return now if plain else json.dumps({"time": now}), f"The time is {now}.", f"It is {now} in {args[0]}."
-    if kind == "search":
-        hit = " ".join(rng.choices(_FILLER, k=rng.randint(3, 6)))
-        return (hit if plain else json.dumps({"results": [hit]}), f"The search found: {hit}.",
-                f"Here is what I found about {args[0]}: {hit}.")
-    if kind == "add":
-        total = args[0] + args[1]
-        return str(total), f"The sum is {total}.", f"{args[0]} plus {args[1]} is {total}."
-    raise ValueError(kind)
-
-
 def _think(effort: str, first: str) -> str:
     return " ".join([first] + _MORE_THOUGHT[effort])
 
@@ -193,47 +297,74 @@ def _plain_turn(rng: random.Random, split: str) -> tuple[str, str, str]:
         # Arbitrary words: whatever a client sends, the model still answers in harmony.
         return _prose(rng), "The user sent a message.", rng.choice(
             ["Sure, here is a short answer.", "I can help with that.", "Thanks for your message."])
-    topic = rng.choice(_TOPICS[split])
+    # Common words too, so that the pieces of a held-out word are no strangers (see COMMON_WORDS).
+    topic = rng.choice(_TRAIN_COMMON if split == "train" and rng.random() < 0.5 else _PLAIN_TOPICS[split])
     return (rng.choice(_PLAIN_REQUESTS).format(topic), f"The user asks about {topic}.",
             f"{topic[0].upper() + topic[1:]} is an interesting subject. Ask me more about {topic} if you like.")
 
 
+def _arguments(tool: Tool, rng: random.Random, split: str) -> tuple[dict[str, Any], str]:
+    """The call's arguments and the request's words after the topic that carry them."""
+    values = {}
+    for key, kind in tool.params:
+        values[key] = _value(rng, split) if kind == "string" else rng.randint(2, 999)
+    (first, _), rest = tool.params[0], tool.params[1:]
+    words = str(values[first]) + "".join(f", {key} {values[key]}" for key, _ in rest)
+    return values, words
+
+
+def _call_reasoning(tool: Tool, arguments: str) -> str:
+    """The copy walk of the module doc: topic, the quoted declaration, then the call's JSON."""
+    return f"The user asks for {tool.topic}{tool.declaration()} so call {arguments}"
+
+
+def _result_for(tool: Tool, values: dict[str, Any], rng: random.Random) -> tuple[str, str, str]:
+    """(tool output, what the reasoning says about it, the final answer), each quoting the output.
+
+    The output is JSON or plain text, a word or a phrase (`sunny in Paris`): clients send back whatever their
+    function returned.
+    """
+    subject = values[tool.params[0][0]]
+    reading = rng.choice([str(rng.randint(0, 999)), made_up(rng, "train"), rng.choice(["high", "low", "ok"]),
+                          f"{made_up(rng, 'train')} in {subject}", f"{rng.choice(_FILLER)} {made_up(rng, 'train')}"])
+    output = reading if rng.random() < 0.5 else json.dumps({tool.topic: reading})
+    return output, f"The {tool.topic} is {reading}.", f"The {tool.topic} for {subject} is {reading}."
+
+
 def example(rng: random.Random, split: str = "train") -> Example:
-    """One conversation, drawn from rng: 30% answers, 40% tool calls, 30% answers after a tool."""
+    """One conversation, drawn from rng: 25% answers, 50% tool calls, 25% answers after a tool."""
     effort = rng.choice(["low", "medium", "high"])
     date = f"20{rng.randint(24, 27)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"
     messages: list[dict[str, Any]] = []
     if rng.random() < 0.3:
         messages.append({"role": rng.choice(["system", "developer"]), "content": rng.choice(_INSTRUCTIONS)})
-    if rng.random() < 0.25:  # an earlier exchange, rendered as the template renders history
+    if rng.random() < 0.2:  # an earlier exchange, rendered as the template renders history
         user, _, answer = _plain_turn(rng, split)
         messages += [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]
 
     roll = rng.random()
-    if roll < 0.3:
+    if roll < 0.25:
         user, first, answer = _plain_turn(rng, split)
         messages.append({"role": "user", "content": user})
         return Example(messages, None, effort, date, "answer", _think(effort, first), content=answer)
 
-    kinds = rng.sample(sorted(_TOOL_KINDS), rng.randint(1, 3))
-    offered = [_tool_spec(kind, rng) for kind in kinds]
-    target = rng.randrange(len(kinds))
-    kind, (tool, keys) = kinds[target], offered[target]
-    name = tool["function"]["name"]
-    args = _arguments_for(kind, rng, split)
-    arguments = json.dumps(dict(zip(keys, args)))
-    messages.append({"role": "user", "content": rng.choice(_TOOL_KINDS[kind]["requests"]).format(*args)})
-    reasoning = _think(effort, f"{_TOOL_KINDS[kind]['think'].format(*args)} I will call {name}.")
-    tools = [spec for spec, _ in offered]
-    if roll < 0.7:
-        # A quarter call at once, with no reasoning: a server that forces a call (tool_choice) writes the call's
+    offered = _tools(rng, split, rng.randint(1, 3))
+    tool = rng.choice(offered)
+    values, words = _arguments(tool, rng, split)
+    arguments = json.dumps(values)
+    messages.append({"role": "user", "content": rng.choice(_CALL_REQUESTS).format(t=tool.topic, v=words)})
+    reasoning = _call_reasoning(tool, arguments)
+    tools = [t.spec() for t in offered]
+    if roll < 0.75:
+        # Some call at once, with no reasoning: a server that forces a call (tool_choice) writes the call's
         # header itself right after `<|start|>assistant`, and the model must go on from there.
-        direct = rng.random() < 0.25
-        return Example(messages, tools, effort, date, "call", "" if direct else reasoning, call=(name, arguments))
+        direct = rng.random() < 0.15
+        return Example(messages, tools, effort, date, "call", "" if direct else reasoning,
+                       call=(tool.name, arguments))
 
-    output, noted, answer = _result_for(kind, args, rng)
+    output, noted, answer = _result_for(tool, values, rng)
     call = {"role": "assistant", "tool_calls": [
-        {"id": "call_1", "type": "function", "function": {"name": name, "arguments": arguments}}]}
+        {"id": "call_1", "type": "function", "function": {"name": tool.name, "arguments": arguments}}]}
     if rng.random() < 0.5:  # many clients send the call back without the reasoning that led to it
         call["reasoning_content"] = reasoning
     messages += [call, {"role": "tool", "tool_call_id": "call_1", "content": output}]

@@ -4,6 +4,12 @@ It is trained here, in code, on a synthetic corpus so the checkpoint needs no do
 bytes every time. Byte-level BPE (like o200k) means every byte sequence is encodable and decodes back
 exactly; the corpus mixes plain English with harmony headers, JSON tool arguments and TypeScript-like tool
 declarations, so the text a server actually renders costs few tokens.
+
+Two choices serve copying (tiny_corpus's module doc says why the model copies). Each space, letter run,
+digit and punctuation run is a piece of its own before BPE, so a word has the same ids wherever it stands:
+after a space in the user's message, after a quote in JSON, after an underscore in a tool name. And the
+joins of a tool declaration (`.\ntype `, ` = (_: {\n`, `: string,\n`, `: number,\n`) are single tokens,
+so that two tokens of context (a name and the join after it) pin down one tool.
 """
 
 from __future__ import annotations
@@ -12,7 +18,9 @@ import json
 import random
 import re
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from .tiny_corpus import COMMON_WORDS as _WORDS, examples
 
 # Same strings as o200k_harmony, so code that looks special tokens up by name works on both tokenizers.
 # Appended after the BPE vocabulary in this order (the real tokenizer also keeps them at the top).
@@ -27,37 +35,12 @@ HARMONY_SPECIAL_TOKENS = (
     "<|message|>",
     "<|call|>",
 )
+# The joins of a declaration as the chat template renders it (see the module doc). Ordinary (not special)
+# added tokens: matched before the pre-tokenizer, decoded as their text.
+DECLARATION_JOINS = (".\ntype ", " = (_: {\n", ": string,\n", ": number,\n")
 VOCAB_SIZE = 2048  # BPE tokens + special tokens; a power of two keeps the embedding matrix tidy.
 _CORPUS_SEED = 20240806
 
-# Common English words: the trainer merges the frequent ones into whole-word tokens.
-_WORDS = """the of and to a in is it you that he was for on are with as I his they be at one have this from
-or had by hot word but what some we can out other were all there when up use your how said an each she which
-do their time if will way about many then them write would like so these her long make thing see him two has
-look more day could go come did number sound no most people my over know water than call first who may down
-side been now find any new work part take get place made live where after back little only round man year
-came show every good me give our under name very through just form sentence great think say help low line
-differ turn cause much mean before move right boy old too same tell does set three want air well also play
-small end put home read hand port large spell add even land here must big high such follow act why ask men
-change went light kind off need house picture try us again animal point mother world near build self earth
-father head stand own page should country found answer school grow study still learn plant cover food sun
-four between state keep eye never last let thought city tree cross farm hard start might story saw far sea
-draw left late run don't while press close night real life few north open seem together next white children
-begin got walk example ease paper group always music those both mark often letter until mile river car feet
-care second book carry took science eat room friend began idea fish mountain stop once base hear horse cut
-sure watch color face wood main enough plain girl usual young ready above ever red list though feel talk
-bird soon body dog family direct pose leave song measure door product black short numeral class wind
-question happen complete ship area half rock order fire south problem piece told knew pass since top whole
-king space heard best hour better true during hundred five remember step early hold west ground interest
-reach fast verb sing listen six table travel less morning ten simple several vowel toward war lay against
-pattern slow center love person money serve appear road map rain rule govern pull cold notice voice unit
-power town fine certain fly fall lead cry dark machine note wait plan figure star box noun field rest
-correct able pound done beauty drive stood contain front teach week final gave green oh quick develop
-ocean warm free minute strong special mind behind clear tail produce fact street inch multiply nothing
-course stay wheel full force blue object decide surface deep moon island foot system busy test record boat
-common gold possible plane stead dry wonder laugh thousand ago ran check game shape equate miss brought
-heat snow tire bring yes distant fill east paint language among weather user model assistant tool request
-response server function result error data file today tomorrow please thanks hello sure okay""".split()
 _SEPARATORS = [" "] * 12 + [", ", ". ", "? ", "! ", ": ", "; ", " - ", "\n", "\n\n"]
 
 _TOOL_NAMES = ["get_weather", "get_current_time", "search", "lookup", "add", "send_email", "get_location",
@@ -108,6 +91,16 @@ def _harmony_message(rng: random.Random) -> str:
     ])
 
 
+def _conversation_text(count: int) -> list[str]:
+    """User messages, tool declarations and completions of the training corpus (made-up words included)."""
+    texts = []
+    for ex in examples(count, _CORPUS_SEED):
+        texts += [m["content"] for m in ex.messages if isinstance(m.get("content"), str)]
+        texts += [tool["function"].get("description", "") for tool in ex.tools or []]
+        texts.append(ex.completion())
+    return texts
+
+
 def synthetic_corpus(lines: int = 6000) -> list[str]:
     """A fixed pseudo-random mix of the kinds of text the server renders and the model emits.
 
@@ -116,22 +109,27 @@ def synthetic_corpus(lines: int = 6000) -> list[str]:
     """
     rng = random.Random(_CORPUS_SEED)
     makers = [_prose, _prose, _arguments, _tool_declaration, _harmony_message, _harmony_message]
-    return [piece for _ in range(lines) for piece in _SPECIAL_SPLIT.split(rng.choice(makers)(rng)) if piece]
+    texts = [rng.choice(makers)(rng) for _ in range(lines)] + _conversation_text(lines // 2)
+    return [piece for text in texts for piece in _SPECIAL_SPLIT.split(text) if piece]
 
 
 def build_tokenizer() -> Tokenizer:
-    """Train the byte-level BPE and append the harmony special tokens as single ids."""
+    """Train the byte-level BPE and append the declaration joins and the harmony special tokens as single ids."""
     tokenizer = Tokenizer(models.BPE())
     # No normalizer and no prefix space: decode(encode(text)) must give back exactly `text`.
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(r"\s|[A-Za-z]+|[0-9]|[^\sA-Za-z0-9]+"), "isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE - len(HARMONY_SPECIAL_TOKENS),
+        vocab_size=VOCAB_SIZE - len(HARMONY_SPECIAL_TOKENS) - len(DECLARATION_JOINS),
         # All 256 byte symbols, even ones the corpus never shows, so any input byte has a token.
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tokenizer.train_from_iterator(synthetic_corpus(), trainer)
+    tokenizer.add_tokens([AddedToken(join, normalized=False) for join in DECLARATION_JOINS])
     tokenizer.add_special_tokens(list(HARMONY_SPECIAL_TOKENS))
     if tokenizer.get_vocab_size() != VOCAB_SIZE:
         raise RuntimeError(f"tiny tokenizer has {tokenizer.get_vocab_size()} tokens, expected {VOCAB_SIZE}")

@@ -31,19 +31,19 @@ def test_sigterm_lets_streams_finish_and_refuses_new_requests(state_dir):
     assert r.status_code == 200
     STORED["response"] = r.json()
     finishes: list[str] = []
-    first_chunk = threading.Event()
+    started = [threading.Event() for _ in range(2)]  # both streams admitted before the signal, not just one
 
-    def stream() -> None:
+    def stream(first_chunk: threading.Event) -> None:
         s = chat(client, "finish me", max_tokens=150, stream=True, extra_body={"ignore_eos": True})
         for c in s:
             first_chunk.set()
             if c.choices and c.choices[0].finish_reason:
                 finishes.append(c.choices[0].finish_reason)
 
-    threads = [threading.Thread(target=stream) for _ in range(2)]
+    threads = [threading.Thread(target=stream, args=(event,)) for event in started]
     for t in threads:
         t.start()
-    assert first_chunk.wait(20)
+    assert all(event.wait(20) for event in started)
     children = tree.actor_processes()
     tree.signal(signal.SIGTERM)
     # new work is refused while the in-flight streams drain

@@ -348,7 +348,8 @@ def test_auto_kv_size(model, monkeypatch):
     assert Engine(model, [], 1, 1, 512).load()["kv_blocks_total"] == 512 // 16 + 9
     # CUDA (the arithmetic only; no GPU needed): the free memory times the utilization, less the headroom
     eng.runner.device = torch.device("cuda", 0)
-    per_token = 2 * 1 * 2 * 16 * 2  # K and V, one full layer, 2 kv heads, head_dim 16, bf16
+    config = model.config
+    per_token = 2 * 1 * config.num_key_value_heads * config.head_dim * 2  # K and V, one full layer, bf16
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (8 * 2**30, 80 * 2**30))
     tokens = eng.runner._auto_kv_tokens(torch.bfloat16, 0.5)
     assert 0 < tokens * per_token < 4 * 2**30 and tokens * per_token > 2 * 2**30  # ~4 GiB less ~1 GiB headroom

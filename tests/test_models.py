@@ -80,7 +80,7 @@ def _fake_build(source: Path, change: str | None = None):
 
 
 def test_cli_check_compares_every_file(tiny_dir, monkeypatch, capsys):
-    # The real --check trains for minutes; the build is stubbed, the comparison and its report are real.
+    # The real --check trains for twenty minutes; the build is stubbed, the comparison and its report are real.
     monkeypatch.setattr(tiny, "build_tiny", _fake_build(tiny_dir))
     assert tiny.main(["--check"]) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
@@ -171,8 +171,10 @@ def test_tokenizer_round_trips_text(tokenizer, text):
 
 
 def test_ordinary_text_is_compact(tokenizer):
+    """Common words are whole tokens: a word and the space before it cost two (each space is a token of its
+    own so that a word has the same ids everywhere; see tiny_tokenizer), where bytes would cost every char."""
     text = "I think the answer is 42 because the city has four rivers and the weather is warm today."
-    assert len(tokenizer.encode(text, add_special_tokens=False)) <= len(text) / 3
+    assert len(tokenizer.encode(text, add_special_tokens=False)) <= 2 * len(text.split()) + 4
 
 
 WEATHER_TOOL = {"type": "function", "function": {

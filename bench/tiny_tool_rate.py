@@ -19,17 +19,9 @@ import torch
 from gptoss.actors.front.harmony import HarmonyParser
 from gptoss.models.loader import load_model, load_tokenizer
 from gptoss.models.tiny import ensure_tiny
-from gptoss.models.tiny_corpus import examples, render
+from gptoss.models.tiny_corpus import held_out_calls, render
 
 MAX_NEW_TOKENS = 192
-
-
-def held_out_calls(count: int, seed: int):
-    cases = []
-    for ex in examples(count * 4, seed, split="heldout"):
-        if ex.kind == "call" and len(cases) < count:
-            cases.append(ex)
-    return cases
 
 
 def score(model, tok, ex) -> tuple[bool, bool, str]:

@@ -174,9 +174,8 @@ class Tool:
     topic: str
     params: list[tuple[str, str]]  # required: (name, "string" | "number")
     notes: list[str]  # each required parameter's description ("" for none)
-    option: tuple[str, list[str]] | None = None  # optional string parameter (name, choices), default the first
-    # The description, around the topic: (before, after), or None for a tool without one.
-    about: tuple[str, str] | None = ("", ".")
+    option: tuple[str, list[str]] | None  # optional string parameter (name, choices), default the first
+    about: tuple[str, str] | None  # the description around the topic: (before, after); None for none
 
     @property
     def name(self) -> str:
@@ -374,6 +373,12 @@ def example(rng: random.Random, split: str = "train") -> Example:
 def examples(count: int, seed: int, split: str = "train") -> list[Example]:
     rng = random.Random(seed)
     return [example(rng, split) for _ in range(count)]
+
+
+def held_out_calls(count: int, seed: int) -> list[Example]:
+    """The first `count` tool calls among the held-out split's examples (half of all examples are calls, so
+    four times `count` examples hold them): the cases the held-out call rate is measured on."""
+    return [ex for ex in examples(4 * count, seed, split="heldout") if ex.kind == "call"][:count]
 
 
 def render(tokenizer: Any, ex: Example) -> tuple[str, str]:

@@ -22,7 +22,7 @@ from langchain_openai import ChatOpenAI
 from pydantic import BaseModel, Field
 from tree import Tree
 
-from gptoss.models.tiny_corpus import examples
+from gptoss.models.tiny_corpus import held_out_calls
 
 M = "gpt-oss-tiny"
 
@@ -115,7 +115,7 @@ def test_held_out_tool_call_rate(tree):
     three offered, tool_choice "auto", greedy: the call must name the tool the request is about and carry
     exactly the user's values. The issue's bar is 80%."""
     client = tree.client()
-    cases = [ex for ex in examples(160, seed=11, split="heldout") if ex.kind == "call"][:40]
+    cases = held_out_calls(40, seed=11)
     exact = 0
     for ex in cases:
         reply = client.chat.completions.create(model=M, messages=ex.messages, tools=ex.tools, tool_choice="auto",

@@ -2,6 +2,7 @@
 own continuous batching (`generate_batch`), the two cores issue 3 asked to choose between by measurement.
 
     python bench/engine_bench.py [--conc 1,8,32,64] [--tokens 64] [--model tiny] [--repeat 3] [--no-hf-cb]
+                                 [--profile]
 
 Each run submits `c` short chat prompts (rendered with the tokenizer's chat template) at once and
 generates exactly `--tokens` tokens per request (greedy, no stop ids, so EOS never ends one early).
@@ -11,7 +12,8 @@ burst of load from other processes on a shared machine skews the ratio less; tok
 time and of this process's CPU time (steadier on a shared machine) are both reported. `hf_cb` runs the same
 prompts through transformers' `generate_batch` (paged KV, 16-token pages, a KV pool sized like ours: on CPU it
 would otherwise size itself from host RAM) on a separate copy of the model, so neither attention setup
-touches the other. Prints one JSON line, then a short table (generated tokens only).
+touches the other. Prints one JSON line, then a short table (generated tokens only); with --profile, then
+the profiler's op table of one more engine run.
 """
 from __future__ import annotations
 
@@ -93,6 +95,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a shared box)")
     ap.add_argument("--repeat", type=int, default=3, help="runs of each side per concurrency; the best is kept")
     ap.add_argument("--no-hf-cb", dest="hf_cb", action="store_false", help="skip transformers' generate_batch")
+    ap.add_argument("--profile", action="store_true",
+                    help="then one more engine run at the largest concurrency under torch's profiler: its ops by "
+                         "self CPU time (where the engine's time goes, e.g. between two checkpoints)")
     a = ap.parse_args()
     from gptoss.models.loader import load_model
     from gptoss.models.tiny import ensure_tiny
@@ -132,6 +137,10 @@ def main() -> None:
     for c in concs:
         print(f"{c:>5} {res['engine'][c]:>13} {res['generate'][c]:>15} {res['hf_cb'].get(c, '-'):>12} "
               f"{res['ratio'][c]:>6} {res['ratio_cpu'][c]:>17}", file=sys.stderr)
+    if a.profile:
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            run_engine(eng, prompts(tok, max(concs)), a.tokens)
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12), file=sys.stderr)
 
 
 if __name__ == "__main__":
